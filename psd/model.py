@@ -30,12 +30,12 @@ class Count(NamedTuple):
     ts: int
 
 
-class WriteUnit(NamedTuple):
-    """What is applied all together or not at all, and at most once per key.
+class Part(NamedTuple):
+    """Points and counts that share one idempotency key (or none).
 
-    ``dedupe_key`` is None (no idempotency) or a string that names the unit
-    for the dedupe window: an HTTP point id, an ``Idempotency-Key`` header, an
-    NSQ message id.
+    ``dedupe_key`` is None or a string naming the part for the dedupe window:
+    a point's ``id``, an ``Idempotency-Key`` header, an NSQ message id.  A
+    part whose key was already applied is skipped whole.
     """
 
     dedupe_key: Optional[str]
@@ -46,8 +46,43 @@ class WriteUnit(NamedTuple):
         return len(self.points) + len(self.counts)
 
 
+class WriteUnit(NamedTuple):
+    """What one client sent at once (an HTTP request, an NSQ message).
+
+    Its parts are applied in one Redis script, so all together or not at all;
+    it is acknowledged as one.
+    """
+
+    parts: tuple
+
+    def size(self) -> int:
+        return sum(part.size() for part in self.parts)
+
+
 class UnitResult(NamedTuple):
-    """What became of one unit: applied, or skipped as an already-seen key."""
+    """What became of one unit: items applied, items skipped as already seen."""
 
     written: int
-    duplicate: bool
+    duplicates: int
+
+
+def group_parts(keyed_items: list, unit_key: Optional[str] = None) -> tuple:
+    """Split (id, Point|Count) pairs of one request into Parts.
+
+    With a unit-wide key (an ``Idempotency-Key`` header, an NSQ message id)
+    everything is one part under that key.  Otherwise each item with its own
+    id is a part of its own and the items without an id share one part.
+    """
+    if unit_key is not None:
+        return (_part(unit_key, [item for _, item in keyed_items]),)
+    anonymous = [item for item_id, item in keyed_items if item_id is None]
+    parts = [_part(item_id, [item]) for item_id, item in keyed_items if item_id is not None]
+    if anonymous:
+        parts.append(_part(None, anonymous))
+    return tuple(parts)
+
+
+def _part(dedupe_key: Optional[str], items: list) -> Part:
+    points = tuple(item for item in items if isinstance(item, Point))
+    counts = tuple(item for item in items if isinstance(item, Count))
+    return Part(dedupe_key, points, counts)
