@@ -6,53 +6,21 @@ machine talks plain HTTP to it, so this checks the daemon exactly as shipped.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import subprocess
-import sys
-import time
 from collections import defaultdict
-from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.processfixture import PsdProcess, wait_until
 from tests.redisfixture import free_port, redis_binary
 
-REPO = Path(__file__).resolve().parent.parent
 BASE = 1458061005
 SPAN = 3 * 86400
 METRICS = ["points", "steps"]
-
-
-def start_process(testcase, args: list[str], ready, name: str, **kwargs) -> subprocess.Popen:
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
-    testcase.addCleanup(lambda: (process.kill(), process.wait()))
-    deadline = time.monotonic() + 20
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not start")
-        time.sleep(0.05)  # waiting for a child process to listen, not timing the code under test
-    return process
-
-
-class Client:
-    def __init__(self, port: int):
-        self.port = port
-
-    def call(self, method: str, path: str, body=None, headers=None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers or {})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read() or b"null")
-        except OSError:
-            return None, None
-        finally:
-            connection.close()
 
 
 points_strategy = st.lists(st.fixed_dictionaries({
@@ -62,7 +30,7 @@ points_strategy = st.lists(st.fixed_dictionaries({
 
 
 class PsdMachine(RuleBasedStateMachine):
-    client: Client = None
+    client: PsdProcess = None
     redis_port: int = 0
 
     @initialize()
@@ -138,14 +106,12 @@ class PropertyTests(SynchronousTestCase):
         redis_port, http_port = free_port(), free_port()
         workdir = self.mktemp()
         os.makedirs(workdir)
-        start_process(self, [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                             "--dir", workdir], lambda: _answers(redis_port), "redis-server")
-        client = Client(http_port)
-        start_process(self, [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
-                             "sys.argv[0] = 'twistd'; run()", "-n", "--pidfile=", "psd",
-                             "--redis", f"redis://127.0.0.1:{redis_port}/0", "--http", f"tcp:{http_port}:interface=127.0.0.1"],
-                      lambda: client.call("GET", "/health")[0] == 200, "psd", cwd=workdir,
-                      env={**os.environ, "PYTHONPATH": str(REPO)})
+        redis = subprocess.Popen([redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                  "--dir", workdir], stdout=subprocess.DEVNULL)
+        self.addCleanup(lambda: (redis.kill(), redis.wait()))
+        wait_until(lambda: _answers(redis_port), redis, "redis-server")
+        client = PsdProcess(self, workdir, http_port, "--redis", f"redis://127.0.0.1:{redis_port}/0")
+        client.start()
         PsdMachine.client, PsdMachine.redis_port = client, redis_port
         test = PsdMachine.TestCase
         test.settings = settings(max_examples=30, stateful_step_count=25, deadline=None,
