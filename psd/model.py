@@ -70,13 +70,15 @@ def group_parts(keyed_items: list, unit_key: Optional[str] = None) -> tuple:
     """Split (id, Point|Count) pairs of one request into Parts.
 
     With a unit-wide key (an ``Idempotency-Key`` header, an NSQ message id)
-    everything is one part under that key.  Otherwise each item with its own
-    id is a part of its own and the items without an id share one part.
+    everything is one part under that key (callers namespace it: ``h:`` for
+    HTTP, ``nsq:`` for NSQ).  Otherwise each item with its own id is a part
+    of its own, keyed ``p:{id}`` whatever input it came through, and the
+    items without an id share one part.
     """
     if unit_key is not None:
         return (_part(unit_key, [item for _, item in keyed_items]),)
     anonymous = [item for item_id, item in keyed_items if item_id is None]
-    parts = [_part(item_id, [item]) for item_id, item in keyed_items if item_id is not None]
+    parts = [_part("p:" + item_id, [item]) for item_id, item in keyed_items if item_id is not None]
     if anonymous:
         parts.append(_part(None, anonymous))
     return tuple(parts)

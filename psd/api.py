@@ -1,0 +1,197 @@
+"""The HTTP API: a Klein app over the injected writer, reader and store.
+
+Every answer is JSON.  Client mistakes are 4xx with ``{"error": ...}``; Redis
+trouble is 503 (with Retry-After when psd is shedding load); an internal
+error is a 500 with no detail, logged with its traceback on our side only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Callable, Optional
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
+from psd.model import WriteUnit, group_parts
+from psd.reader import SumRequest
+from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
+                            parse_point)
+
+log = Logger()
+
+
+def json_route(handler: Callable) -> Callable:
+    """Run a handler that returns a dict (or (status, dict)), map errors to JSON answers."""
+
+    @functools.wraps(handler)
+    @defer.inlineCallbacks
+    def route(self, request, *args, **kwargs):
+        request.setHeader(b"Content-Type", b"application/json")
+        try:
+            result = yield defer.maybeDeferred(handler, self, request, *args, **kwargs)
+        except InvalidInput as e:
+            body = {"error": e.message}
+            if e.index is not None:
+                body["index"] = e.index
+            return _answer(request, 400, body)
+        except Overloaded as e:
+            request.setHeader(b"Retry-After", b"1")
+            return _answer(request, 503, {"error": f"overloaded: {e}"})
+        except StoreUnavailable as e:
+            request.setHeader(b"Retry-After", b"1")
+            return _answer(request, 503, {"error": f"store unavailable: {e}"})
+        except RejectedByStore as e:
+            return _answer(request, 422, {"error": f"the store refused the data, nothing was written: {e}"})
+        except Exception:
+            log.failure("internal error on {method} {path}", method=request.method, path=request.path)
+            return _answer(request, 500, {"error": "internal error"})
+        status, body = result if isinstance(result, tuple) else (200, result)
+        return _answer(request, status, body)
+
+    return route
+
+
+def _answer(request, status: int, body) -> bytes:
+    request.setResponseCode(status)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def split_list(text: Optional[str], field: str) -> list[str]:
+    if not text:
+        raise InvalidInput(f"{field} is required")
+    return text.split(",")
+
+
+class API:
+    app = Klein()
+
+    def __init__(self, writer, reader, store, metrics: frozenset, max_points: int = 10000,
+                 max_uids: int = 10000, health_checks: Optional[dict] = None):
+        self._writer = writer
+        self._reader = reader
+        self._store = store
+        self._metrics = metrics
+        self._max_points = max_points
+        self._max_uids = max_uids
+        #: name -> callable returning (ok, details), e.g. the NSQ consumer's status
+        self._health_checks = health_checks or {}
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request, failure):
+        request.setHeader(b"Content-Type", b"application/json")
+        return _answer(request, 404, {"error": "no such route"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def _not_allowed(self, request, failure):
+        request.setHeader(b"Content-Type", b"application/json")
+        return _answer(request, 405, {"error": "method not allowed on this route"})
+
+    @app.route("/health/ping", methods=["GET"])
+    @json_route
+    def ping(self, request):
+        return {"pong": "OK"}
+
+    @app.route("/health", methods=["GET"])
+    @json_route
+    @defer.inlineCallbacks
+    def health(self, request):
+        body, ok = {"status": "ok"}, True
+        try:
+            yield self._store.ping()
+            body["redis"] = "ok"
+        except StoreUnavailable as e:
+            body["redis"], ok = f"unavailable: {e}", False
+        for name, check in self._health_checks.items():
+            check_ok, body[name] = check()
+            ok = ok and check_ok
+        if not ok:
+            body["status"] = "unavailable"
+        return (200 if ok else 503), body
+
+    @app.route("/v1/points", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def write_points(self, request):
+        items = as_batch(decode_json(request.content.read()), self._max_points)
+        keyed = [parse_point(item, self._metrics, index) for index, item in enumerate(items)]
+        unit = WriteUnit(group_parts(keyed, self._idempotency_key(request)))
+        result = yield self._writer.submit(unit)
+        return {"written": result.written, "duplicates": result.duplicates}
+
+    def _idempotency_key(self, request) -> Optional[str]:
+        header = request.getHeader(b"Idempotency-Key")
+        return None if header is None else "h:" + key_part(header, "Idempotency-Key")
+
+    @app.route("/v1/sum", methods=["GET"])
+    @json_route
+    def sum_get(self, request):
+        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        query = {
+            "uids": [integer_text(u, "uids", 0, MAX_ID) for u in split_list(args.get("uids"), "uids")],
+            "metrics": split_list(args.get("metrics"), "metrics"),
+            "atid": integer_text(args.get("atid", "0"), "atid", 0, MAX_ID),
+            "from": integer_text(args.get("from"), "from", 0, MAX_TS),
+            "to": integer_text(args.get("to"), "to", 0, MAX_TS),
+        }
+        return self._sum(query)
+
+    @app.route("/v1/sum", methods=["POST"])
+    @json_route
+    def sum_post(self, request):
+        body = decode_json(request.content.read())
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return self._sum(body)
+
+    @defer.inlineCallbacks
+    def _sum(self, query: dict):
+        uids = query.get("uids")
+        if not isinstance(uids, list) or not uids:
+            raise InvalidInput("uids must be a non-empty list of user ids")
+        if len(uids) > self._max_uids:
+            raise InvalidInput(f"at most {self._max_uids} uids per query")
+        uids = [integer({"uids": uid}, "uids", 0, MAX_ID) for uid in uids]
+        metrics = query.get("metrics")
+        if not isinstance(metrics, list) or not metrics:
+            raise InvalidInput("metrics must be a non-empty list")
+        for metric in metrics:
+            if metric not in self._metrics or type(metric) is not str:
+                raise InvalidInput(f"metric must be one of {', '.join(sorted(self._metrics))}")
+        atid = integer(query, "atid", 0, MAX_ID, default=0)
+        start = integer(query, "from", 0, MAX_TS)
+        end = integer(query, "to", 0, MAX_TS)
+        if start > end:
+            raise InvalidInput("from must not be after to")
+        offsets = self._offsets(query.get("offsets", {}))
+        uids = list(dict.fromkeys(uids))
+        requests = []
+        for uid in uids:
+            offset = offsets.get(uid, 0)
+            window = (max(0, start + offset), min(MAX_TS, end + offset))
+            for metric in metrics:
+                if window[0] <= window[1]:
+                    requests.append(SumRequest(uid, atid, metric, *window))
+        sums = yield self._reader.sums(requests)
+        results = {str(uid): {metric: 0 for metric in metrics} for uid in uids}
+        for request, total in zip(requests, sums):
+            results[str(request.uid)][request.metric] = total
+        return {"from": start, "to": end, "atid": atid, "results": results}
+
+    @staticmethod
+    def _offsets(offsets) -> dict[int, int]:
+        """Per-user shifts of the window, ``{"<uid>": seconds}`` (a user's local day)."""
+        if not isinstance(offsets, dict):
+            raise InvalidInput("offsets must be an object of uid -> seconds")
+        shifted = {}
+        for uid, offset in offsets.items():
+            shifted[integer_text(uid, "offsets uid", 0, MAX_ID)] = integer(
+                {"offset": offset}, "offset", -MAX_TS, MAX_TS)
+        return shifted

@@ -1,0 +1,162 @@
+"""The Redis edge: connections through txredisapi, the Lua scripts, error mapping.
+
+Writes use a connection of their own so that the scripts run in the order
+they were sent (set-total writes depend on it); reads use another pool.
+Nothing waits for a connection that is down: a call fails at once with
+:class:`StoreUnavailable`, so a client gets its 503 now, not a late write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import txredisapi
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from psd.errors import InvalidInput, RejectedByStore, StoreUnavailable
+
+def _lua_dir() -> Path:
+    """``lua/`` is installed as the package ``psd.lua``; in a checkout it sits beside ``psd/``."""
+    installed = Path(__file__).parent / "lua"
+    return installed if installed.is_dir() else Path(__file__).parent.parent / "lua"
+
+
+LUA_DIR = _lua_dir()
+#: Error replies that say "not now": the data was not touched, try later.
+_TRANSIENT = ("LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+
+
+class Script:
+    """A Lua script from ``lua/``, run with EVALSHA and reloaded on NOSCRIPT."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.source = (LUA_DIR / f"{name}.lua").read_bytes()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+
+class RedisAddress:
+    """Where Redis is: ``redis://host:port/db`` or ``unix:///path.sock[?db=N]``."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.url = url
+        if parsed.scheme == "redis":
+            self.host = parsed.hostname or "127.0.0.1"
+            self.port = parsed.port or 6379
+            self.path = None
+            db = parsed.path.strip("/") or "0"
+        elif parsed.scheme == "unix" and parsed.path:
+            self.host = self.port = None
+            self.path = parsed.path
+            db = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p).get("db", "0")
+        else:
+            raise ValueError(f"redis url {url!r} must be redis://host:port/db, unix:///path.sock or embedded")
+        if not db.isdigit():
+            raise ValueError(f"redis url {url!r}: the database must be a number")
+        self.db = int(db)
+        self.password = parsed.password
+
+    def connect(self, poolsize: int, reply_timeout: float, connect_timeout: float):
+        options = dict(dbid=self.db, poolsize=poolsize, password=self.password, replyTimeout=reply_timeout,
+                       connectTimeout=connect_timeout, convertNumbers=False)
+        if self.path:
+            return txredisapi.lazyUnixConnectionPool(self.path, **options)
+        return txredisapi.lazyConnectionPool(self.host, self.port, **options)
+
+
+class RedisStore:
+    """Runs psd's scripts on Redis and turns Redis' errors into psd's."""
+
+    log = Logger()
+
+    def __init__(self, address: RedisAddress, reply_timeout: float = 5.0, read_pool: int = 2):
+        self.address = address
+        self._reply_timeout = reply_timeout
+        self._read_pool = read_pool
+        self.write_script = Script("write")
+        self.read_script = Script("read")
+        self._writes = self._reads = None
+
+    def start(self) -> None:
+        self._writes = self.address.connect(1, self._reply_timeout, self._reply_timeout)
+        self._reads = self.address.connect(self._read_pool, self._reply_timeout, self._reply_timeout)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for pool in (self._writes, self._reads):
+            if pool is not None:
+                yield pool.disconnect()
+        self._writes = self._reads = None
+
+    def connected(self) -> bool:
+        return all(pool is not None and pool._factory.size > 0 for pool in (self._writes, self._reads))
+
+    @defer.inlineCallbacks
+    def load_scripts(self):
+        """SCRIPT LOAD both scripts (also done lazily on NOSCRIPT)."""
+        for script in (self.write_script, self.read_script):
+            sha = yield self._command(self._writes, "SCRIPT", "LOAD", script.source)
+            if sha != script.sha:
+                raise RuntimeError(f"Redis hashed lua/{script.name}.lua as {sha}, expected {script.sha}")
+        return [self.write_script.sha, self.read_script.sha]
+
+    def write(self, keys: list, args: list) -> defer.Deferred:
+        return self._evalsha(self._writes, self.write_script, keys, args)
+
+    def read(self, keys: list, args: list) -> defer.Deferred:
+        return self._evalsha(self._reads, self.read_script, keys, args)
+
+    def ping(self) -> defer.Deferred:
+        return self._command(self._reads, "PING")
+
+    def command(self, *args: Any) -> defer.Deferred:
+        """Any other command, on the read pool (HGETALL, SMEMBERS, ...)."""
+        return self._command(self._reads, *args)
+
+    @defer.inlineCallbacks
+    def _evalsha(self, pool, script: Script, keys: list, args: list):
+        try:
+            result = yield self._command(pool, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except _NoScript:
+            self.log.info("reloading lua/{name}.lua after NOSCRIPT", name=script.name)
+            yield self._command(pool, "SCRIPT", "LOAD", script.source)
+            result = yield self._command(pool, "EVALSHA", script.sha, len(keys), *keys, *args)
+        return result
+
+    def _command(self, pool, *args: Any) -> defer.Deferred:
+        if pool is None or pool._factory.size == 0:
+            return defer.fail(StoreUnavailable("Redis is not connected"))
+        try:
+            d = pool.execute_command(*args)
+        except Exception as e:  # txredisapi raises synchronously when the connection just died
+            return defer.fail(_translate(e))
+        return d.addErrback(lambda failure: defer.fail(_translate(failure.value)))
+
+
+class _NoScript(Exception):
+    pass
+
+
+def _translate(error: Exception) -> Exception:
+    """Map a txredisapi failure to StoreUnavailable / RejectedByStore / NOSCRIPT."""
+    if isinstance(error, (StoreUnavailable, RejectedByStore, InvalidInput, _NoScript)):
+        return error
+    if isinstance(error, txredisapi.ResponseError):
+        message = str(error.args[0]) if error.args else str(error)
+        if message.startswith("NOSCRIPT"):
+            return _NoScript(message)
+        if message.startswith(_TRANSIENT):
+            return StoreUnavailable(f"Redis: {message}")
+        return RejectedByStore(message)
+    return StoreUnavailable(f"Redis: {error.__class__.__name__}: {error}")
+
+
+def parse_sums(reply: list) -> list[int]:
+    """The read script's {high, low, ...} pairs -> exact integer sums."""
+    return [int(reply[i]) * 1_000_000_000 + int(reply[i + 1]) for i in range(0, len(reply), 2)]
+

@@ -1,0 +1,126 @@
+"""The one assembly point: ``twistd psd`` options and the service tree."""
+
+from __future__ import annotations
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from psd import config
+from psd.api import API
+from psd.embedded import EmbeddedRedis
+from psd.keys import Layout
+from psd.reader import Reader
+from psd.store import RedisAddress, RedisStore
+from psd.validation import metric_names
+from psd.writer import Writer
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "psd, the Point Space Daemon: activity metrics summed at every calendar granularity."
+    optParameters = [
+        ["config", "c", None, "Path of a settings file (see conf/settings.toml.dist)."],
+        ["http", None, None, "HTTP server endpoint, e.g. tcp:1155:interface=127.0.0.1 (overrides [http] listen)."],
+        ["redis", None, None, "redis://host:port/db, unix:///path.sock, or embedded (overrides [redis] url)."],
+        ["data-dir", None, None, "Data directory of the embedded store (overrides [embedded] data_dir)."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            settings = config.load(self["config"])
+            for option, (section, name) in {"http": ("http", "listen"), "redis": ("redis", "url"),
+                                            "data-dir": ("embedded", "data_dir")}.items():
+                if self[option] is not None:
+                    settings.set(section, name, self[option])
+            if settings.redis["url"] != "embedded":
+                RedisAddress(settings.redis["url"])
+        except (config.SettingsError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+        self.settings = settings
+
+
+class StoreService(Service):
+    """Connects to Redis and loads the scripts, retrying until Redis answers."""
+
+    log = Logger()
+    name = "store"
+
+    def __init__(self, reactor, store: RedisStore, retry_every: float = 0.2):
+        self._reactor = reactor
+        self.store = store
+        self._retry_every = retry_every
+        self._loop = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start()
+        self._loop = task.LoopingCall(self._try_load)
+        self._loop.clock = self._reactor
+        self._loop.start(self._retry_every, now=False)
+
+    @defer.inlineCallbacks
+    def _try_load(self):
+        try:
+            yield self.store.ping()
+        except Exception:
+            return
+        self.log.info("store ready at {url}", url=self.store.address.url)
+        yield self.store.load_scripts()
+        self.log.info("scripts loaded: write {write}, read {read}",
+                      write=self.store.write_script.sha, read=self.store.read_script.sha)
+        self._loop.stop()
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self.store.stop()
+
+
+class WriterService(Service):
+    """Lets the writer finish what it accepted before the store goes away."""
+
+    name = "writer"
+
+    def __init__(self, writer: Writer):
+        self.writer = writer
+
+    def stopService(self):
+        super().stopService()
+        return self.writer.whenIdle()
+
+
+def makeService(options: Options, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = options.settings
+    root = MultiService()
+
+    redis_url = settings.redis["url"]
+    if redis_url == "embedded":
+        embedded = EmbeddedRedis(reactor, settings.embedded["data_dir"], settings.embedded["binary"])
+        embedded.setServiceParent(root)
+        redis_url = embedded.url
+    store = RedisStore(RedisAddress(redis_url), reply_timeout=settings.redis["reply_timeout"])
+    StoreService(reactor, store).setServiceParent(root)
+
+    layout = Layout(settings.redis["prefix"], settings.redis["count_prefix"])
+    w = settings.writer
+    writer = Writer(reactor, store, layout, dedupe_ttl=w["dedupe_ttl"], window=w["window_ms"] / 1000.0,
+                    max_batch_points=w["max_batch_points"], max_script_increments=w["max_script_increments"],
+                    max_queue_points=w["max_queue_points"], max_in_flight=w["max_in_flight"])
+    WriterService(writer).setServiceParent(root)
+    reader = Reader(store, layout, settings.query["max_reads_per_call"])
+
+    api = API(writer, reader, store, metric_names(settings.metrics["names"]),
+              max_points=settings.http["max_points"], max_uids=settings.query["max_uids"])
+    site = Site(api.resource(), reactor=reactor)
+    site.displayTracebacks = False
+    http = strports.service(settings.http["listen"], site, reactor=reactor)
+    http.setName("http")
+    http.setServiceParent(root)
+    return root

@@ -1,0 +1,172 @@
+"""The one write path: HTTP and NSQ submit units, the writer coalesces and flushes.
+
+Units that arrive within ``window`` seconds (or until a batch is full) are
+merged into one call of the write script.  Each unit's Deferred fires only
+when Redis acknowledged the call that holds it, and fails exactly when that
+call failed.  The queue is bounded: past ``max_queue_points`` a submit fails
+at once with :class:`Overloaded`, which HTTP turns into 503 + Retry-After and
+NSQ into a lower RDY.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from psd.coalesce import Batch
+from psd.errors import Overloaded, RejectedByStore, StoreUnavailable
+from psd.keys import Layout
+from psd.model import UnitResult, WriteUnit
+
+
+class Writer:
+    log = Logger()
+
+    def __init__(self, reactor, store, layout: Layout, dedupe_ttl: int = 86400, window: float = 0.005,
+                 max_batch_points: int = 5000, max_script_increments: int = 20000,
+                 max_queue_points: int = 200000, max_in_flight: int = 2):
+        self._reactor = reactor
+        self._store = store
+        self._layout = layout
+        self._dedupe_ttl = dedupe_ttl
+        self._window = window
+        self._max_batch_points = max_batch_points
+        self._max_script_increments = max_script_increments
+        self._max_queue_points = max_queue_points
+        self._max_in_flight = max_in_flight
+        self._fields_cache: dict = {}
+        self._filling = None
+        self._waiters: list = []
+        self._timer = None
+        self._ready: deque = deque()
+        self._in_flight = 0
+        self.queued_points = 0
+        #: write-script calls sent, for the benchmarks' commands-per-point figure
+        self.calls = 0
+        self._idle: list = []
+
+    def submit(self, unit: WriteUnit) -> defer.Deferred:
+        """Queue one unit; the Deferred fires with its UnitResult once applied."""
+        size = unit.size()
+        if self.queued_points + size > self._max_queue_points and self.queued_points:
+            return defer.fail(Overloaded("write queue is full"))
+        self.queued_points += size
+        d = defer.Deferred()
+        if self._filling is not None and (
+            self._filling.points + size > self._max_batch_points
+            or self._filling.increments_bound() > self._max_script_increments
+        ):
+            self._seal()
+        if self._filling is None:
+            self._filling = self._new_batch()
+        self._filling.add(unit)
+        self._waiters.append(d)
+        if self._filling.points >= self._max_batch_points:
+            self._seal()
+        elif self._timer is None:
+            self._timer = self._reactor.callLater(self._window, self._window_elapsed)
+        return d
+
+    def pending(self) -> int:
+        """Points accepted and not yet acknowledged or failed."""
+        return self.queued_points
+
+    def whenIdle(self) -> defer.Deferred:
+        """Fires when everything submitted so far has been answered (for a clean stop)."""
+        if not self.queued_points:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def _new_batch(self) -> Batch:
+        return Batch(self._layout, self._dedupe_ttl, self._fields_cache)
+
+    def _window_elapsed(self) -> None:
+        self._timer = None
+        if self._filling is not None:
+            self._seal()
+
+    def _seal(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._ready.append((self._filling, self._waiters))
+        self._filling, self._waiters = None, []
+        self._send_ready()
+
+    def _send_ready(self) -> None:
+        while self._ready and self._in_flight < self._max_in_flight:
+            batch, waiters = self._ready.popleft()
+            self._in_flight += 1
+            self._apply(batch, waiters).addBoth(self._call_done)
+
+    def _call_done(self, _) -> None:
+        self._in_flight -= 1
+        self._send_ready()
+        if not self.queued_points and not self._in_flight:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    @defer.inlineCallbacks
+    def _apply(self, batch: Batch, waiters: list):
+        """Write one batch; re-merge without the parts Redis says it has seen."""
+        duplicates = dict(batch.duplicates_in_batch)
+        skipped: dict[int, set] = {}
+        while True:
+            keys, args = batch.script_args()
+            self.calls += 1
+            try:
+                reply = yield self._store.write(keys, args)
+            except RejectedByStore as e:
+                if len(batch.units) > 1:
+                    yield self._isolate(batch, waiters)
+                else:
+                    self._answer(batch, waiters, failure=e)
+                return
+            except StoreUnavailable as e:
+                self._answer(batch, waiters, failure=e)
+                return
+            except Exception as e:  # a bug of ours: fail the units, never hang them
+                self.log.failure("write failed unexpectedly")
+                self._answer(batch, waiters, failure=StoreUnavailable(f"internal error: {e}"))
+                return
+            if int(reply[0]) == 0:
+                break
+            for position in reply[1:]:
+                unit_index, part_index = batch.keyed_parts[int(position) - 1]
+                skipped.setdefault(unit_index, set()).add(part_index)
+                duplicates[unit_index] = duplicates.get(unit_index, 0) + batch.units[unit_index].parts[part_index].size()
+            batch = self._remerge(batch.units, skipped)
+        self._answer(batch, waiters, duplicates=duplicates)
+
+    def _remerge(self, units: list, skipped: dict) -> Batch:
+        batch = self._new_batch()
+        for index, unit in enumerate(units):
+            batch.add(unit, frozenset(skipped.get(index, ())))
+        return batch
+
+    @defer.inlineCallbacks
+    def _isolate(self, batch: Batch, waiters: list):
+        """Redis refused the merged data: apply each unit alone, so only the culprit fails.
+
+        Parts found duplicate on the way are found again, and counted, alone.
+        """
+        self.log.warn("write refused for a batch of {units} units; retrying them one by one", units=len(batch.units))
+        for unit, d in zip(batch.units, waiters):
+            alone = self._new_batch()
+            alone.add(unit)
+            yield self._apply(alone, [d])
+
+    def _answer(self, batch: Batch, waiters: list, failure=None, duplicates=None) -> None:
+        for index, (unit, d) in enumerate(zip(batch.units, waiters)):
+            size = unit.size()
+            self.queued_points -= size
+            if failure is not None:
+                d.errback(failure)
+            else:
+                dup = duplicates.get(index, 0)
+                d.callback(UnitResult(size - dup, dup))
