@@ -21,6 +21,10 @@ class RecordingHandler:
     def __init__(self):
         self.messages = []
         self.closed = []
+        self.made = []
+
+    def connection_made(self, connection):
+        self.made.append(connection)
 
     def message_received(self, connection, message):
         self.messages.append(message)
@@ -60,6 +64,7 @@ class ProtocolTestCase(SynchronousTestCase):
 class HandshakeTests(ProtocolTestCase):
     def test_magic_then_identify_with_feature_negotiation(self):
         self.assertEqual(self.sent(), b"  V2")
+        self.assertEqual(self.handler.made, [self.protocol])
         d = self.protocol.identify(SETTINGS)
         sent = self.sent()
         self.assertTrue(sent.startswith(b"IDENTIFY\n"))

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
@@ -162,11 +163,14 @@ class NSQConsumer(Service):
         deadline = self._reactor.seconds() + self._stop_timeout
         while self._processing and self._reactor.seconds() < deadline:
             self.log.info("stopping: waiting for {count} messages in flight", count=len(self._processing))
-            drained = DeferredList(list(self._processing), consumeErrors=True)
+            # Wait on a Deferred of our own: a timeout must not cancel the writes.
+            drained = Deferred()
+            DeferredList(list(self._processing), consumeErrors=True).addBoth(
+                lambda _: drained.called or drained.callback(None))
             drained.addTimeout(deadline - self._reactor.seconds(), self._reactor)
             try:
                 await drained
-            except Exception:
+            except defer.TimeoutError:
                 self.log.warn("stopping: writes still pending after {timeout}s; requeueing them",
                               timeout=self._stop_timeout)
         self._drained = True
@@ -196,7 +200,7 @@ class NSQConsumer(Service):
         factory = Factory.forProtocol(lambda: NSQProtocol(self._reactor, self, address, self._response_timeout))
         service = ClientService(
             HostnameEndpoint(self._reactor, host, port), factory,
-            retryPolicy=self._retry_policy, clock=self._reactor, prepareConnection=self._handshake,
+            retryPolicy=self._retry_policy, clock=self._reactor,
         )
         self._peers[address] = _Peer(address, service, from_lookupd)
         self.log.info("nsqd {address}: connecting", address=address)
@@ -214,10 +218,17 @@ class NSQConsumer(Service):
             "output_buffer_timeout": round(self._output_buffer_timeout * 1000),
         }
 
-    def _handshake(self, connection: NSQProtocol) -> Deferred:
-        return Deferred.fromCoroutine(self._handshake_steps(connection))
+    def connection_made(self, connection: NSQProtocol) -> None:
+        """Handshake; on failure drop the connection and let ClientService retry."""
+        d = Deferred.fromCoroutine(self._handshake(connection))
+        d.addErrback(self._handshake_failed, connection)
 
-    async def _handshake_steps(self, connection: NSQProtocol) -> None:
+    def _handshake_failed(self, failure: Failure, connection: NSQProtocol) -> None:
+        self.log.error("nsqd {address}: handshake failed: {error}", address=connection.address,
+                       error=failure.getErrorMessage())
+        connection.disconnect()
+
+    async def _handshake(self, connection: NSQProtocol) -> None:
         settings = await connection.identify(self._identify_settings())
         await connection.subscribe(self.topic, self.channel)
         self.log.info("nsqd {address}: subscribed to {topic}/{channel} (nsqd {version}, max_rdy_count {max_rdy})",
@@ -297,8 +308,8 @@ class NSQConsumer(Service):
         self._backoff_level += 1
         delay = min(self._backoff_initial * 2 ** (self._backoff_level - 1), self._backoff_max)
         delay *= 1 + BACKOFF_JITTER * self._random.random()
-        self.log.warn("store unavailable: backing off for {delay:.1f}s (level {level})",
-                      delay=delay, level=self._backoff_level)
+        self.log.warn("store unavailable: backing off for {delay:.1f}s (level {backoff_level})",
+                      delay=delay, backoff_level=self._backoff_level)
         self._backoff_state = "waiting"
         self._backoff_call = self._reactor.callLater(delay, self._probe)
         self._distribute()
@@ -312,7 +323,8 @@ class NSQConsumer(Service):
         """One acknowledged write while probing ends the backoff: Redis is back."""
         if self._backoff_state != "probing":
             return
-        self.log.info("store answering again: resuming after backoff level {level}", level=self._backoff_level)
+        self.log.info("store answering again: resuming after backoff level {backoff_level}",
+                      backoff_level=self._backoff_level)
         self._backoff_state = "off"
         self._backoff_level = 0
         self._distribute()

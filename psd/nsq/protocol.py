@@ -43,6 +43,8 @@ class ResponseTimeout(Exception):
 
 
 class MessageHandler(TypingProtocol):
+    def connection_made(self, connection: "NSQProtocol") -> None: ...
+
     def message_received(self, connection: "NSQProtocol", message: framing.Message) -> None: ...
 
     def connection_closed(self, connection: "NSQProtocol", reason: Failure) -> None: ...
@@ -82,6 +84,7 @@ class NSQProtocol(Protocol):
     def connectionMade(self) -> None:
         self.state = "connected"
         self.transport.write(framing.MAGIC_V2)
+        self._handler.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
         self._reset_idle()
