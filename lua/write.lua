@@ -69,7 +69,11 @@ end
 local function increment(key, field, delta)
   local r = redis.pcall('HINCRBY', key, field, delta)
   if type(r) == 'table' and r.err then return r end
-  undo[#undo + 1] = function() redis.call('HINCRBY', key, field, negate(delta)) end
+  if r == delta then  -- the field is new: undo by removing it (and the hash, if it was its only field)
+    undo[#undo + 1] = function() redis.call('HDEL', key, field) end
+  else
+    undo[#undo + 1] = function() redis.call('HINCRBY', key, field, negate(delta)) end
+  end
 end
 
 for j, fields in ipairs(incr) do

@@ -1,0 +1,39 @@
+# psd: `make run` starts the daemon on an embedded store, `make test` runs every test.
+# Both install what they need on a fresh machine (Debian packages, a venv in .venv/, NSQ in .tools/).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit deps system-deps bench clean
+
+run: $(STAMP)
+	PYTHONPATH=. $(VENV)/bin/twistd -n --pidfile= psd
+
+test: system-deps $(STAMP)
+	PYTHONPATH=. $(PY) -m twisted.trial -j2 tests
+
+unit: $(STAMP)
+	PYTHONPATH=. $(PY) -m twisted.trial tests.test_buckets tests.test_validation tests.test_coalesce tests.test_writer
+
+deps: $(STAMP)
+
+$(STAMP): setup.py requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+# redis-server (integration tests) and wrk (benchmarks) from Debian's packages.
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v wrk >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk >/dev/null; \
+	fi
+
+bench: system-deps $(STAMP)
+	PYTHONPATH=. $(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .tools _trial_temp* build dist *.egg-info
+
+-include mk/nsq.mk

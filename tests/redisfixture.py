@@ -1,0 +1,97 @@
+"""A real redis-server for integration tests: free port, temp dir, always stopped.
+
+The cleanup is registered before readiness is awaited, so a server that
+never becomes ready is still killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from twisted.internet import defer, reactor, task
+
+from psd.store import RedisAddress, RedisStore
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+    return found
+
+
+class RedisServer:
+    def __init__(self, testcase, *extra_args: str, appendonly: bool = False):
+        self.dir = testcase.mktemp()
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                     "--save", "", "--appendonly", "yes" if appendonly else "no", *extra_args]
+        self.process = None
+        testcase.addCleanup(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> defer.Deferred:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self.wait_ready()
+
+    @defer.inlineCallbacks
+    def wait_ready(self, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while self.call("PING") != b"+PONG\r\n":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not become ready")
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+    def call(self, *args: str) -> bytes:
+        """One command over a plain socket (RESP), for test setup and checks."""
+        command = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() if isinstance(x, str) else x for x in args))
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(command)
+                return s.recv(1 << 20)
+        except OSError:
+            return b""
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGCONT)
+            self.kill()
+            self.process = None
+
+
+@defer.inlineCallbacks
+def started_store(testcase, server: RedisServer, reply_timeout: float = 5.0):
+    """A RedisStore connected to ``server`` with its scripts loaded."""
+    store = RedisStore(RedisAddress(server.url), reply_timeout=reply_timeout)
+    store.start()
+    testcase.addCleanup(store.stop)
+    deadline = time.monotonic() + 10
+    while not store.connected():
+        if time.monotonic() > deadline:
+            raise RuntimeError("store did not connect")
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    yield store.load_scripts()
+    return store

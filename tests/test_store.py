@@ -1,0 +1,152 @@
+"""The store, writer and reader against a real redis-server: the seed's layout byte for byte."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from psd.errors import RejectedByStore
+from psd.keys import Layout
+from psd.model import Count, Part, Point, WriteUnit, group_parts
+from psd.reader import Reader, SumRequest
+from psd.writer import Writer
+from tests.redisfixture import RedisServer, started_store
+
+SEED_TS = 1458061005  # 2016-03-15 16:56:45 UTC
+
+
+def hgetall(server: RedisServer, key: str) -> dict:
+    reply = server.call("HGETALL", key).split(b"\r\n")
+    items = [reply[i].decode() for i in range(2, len(reply) - 1, 2)]
+    return dict(zip(items[::2], items[1::2]))
+
+
+def points_unit(*points: Point, key=None) -> WriteUnit:
+    return WriteUnit((Part(key, tuple(points)),))
+
+
+class StoreTestCase(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.server = RedisServer(self)
+        yield self.server.start()
+        self.store = yield started_store(self, self.server)
+        self.layout = Layout()
+        self.writer = Writer(reactor, self.store, self.layout, window=0.001)
+        self.reader = Reader(self.store, self.layout, max_reads_per_call=7)
+
+    def write(self, *points: Point, key=None):
+        return self.writer.submit(points_unit(*points, key=key))
+
+    @defer.inlineCallbacks
+    def test_seed_layout(self):
+        """The seed's three writes leave exactly the seed's hashes, atid 0 and 3."""
+        yield defer.gatherResults([
+            self.write(Point(1, 3, "points", 10, SEED_TS)),
+            self.write(Point(1, 3, "points", 11, SEED_TS + 3)),
+            self.write(Point(1, 3, "points", 1, SEED_TS + 6)),
+        ])
+        for atid in (0, 3):
+            prefix = f"hz:1:{atid}:points:"
+            self.assertEqual(hgetall(self.server, prefix + "2016"), {"201603": "22"})
+            self.assertEqual(hgetall(self.server, prefix + "201603"), {"20160315": "22"})
+            self.assertEqual(hgetall(self.server, prefix + "20160315"), {"2016031516": "22"})
+            self.assertEqual(hgetall(self.server, prefix + "2016031516"), {"201603151656": "22"})
+            self.assertEqual(hgetall(self.server, prefix + "201603151656"),
+                             {"20160315165645": "10", "20160315165648": "11", "20160315165651": "1"})
+        sums = yield self.reader.sums([SumRequest(1, 3, "points", SEED_TS, SEED_TS + 5),
+                                       SumRequest(1, 0, "points", SEED_TS, SEED_TS + 6),
+                                       SumRequest(2, 0, "points", SEED_TS, SEED_TS + 6)])
+        self.assertEqual(sums, [21, 22, 0])
+
+    @defer.inlineCallbacks
+    def test_atid_zero_written_once(self):
+        yield self.write(Point(5, 0, "steps", 7, SEED_TS))
+        self.assertEqual(hgetall(self.server, "hz:5:0:steps:2016"), {"201603": "7"})
+
+    @defer.inlineCallbacks
+    def test_script_flush_is_survived(self):
+        yield self.write(Point(1, 0, "points", 1, SEED_TS))
+        self.assertEqual(self.server.call("SCRIPT", "FLUSH"), b"+OK\r\n")
+        yield self.write(Point(1, 0, "points", 1, SEED_TS))
+        self.server.call("SCRIPT", "FLUSH")
+        sums = yield self.reader.sums([SumRequest(1, 0, "points", 0, 2**33 - 1)])
+        self.assertEqual(sums, [2])
+
+    @defer.inlineCallbacks
+    def test_sums_beyond_double_precision_are_exact(self):
+        big = 2**53
+        yield defer.gatherResults([self.write(Point(9, 0, "points", big, SEED_TS + i)) for i in range(40)])
+        yield self.write(Point(9, 0, "points", -3, SEED_TS + 50))
+        sums = yield self.reader.sums([SumRequest(9, 0, "points", SEED_TS, SEED_TS + 100),
+                                       SumRequest(9, 0, "points", SEED_TS + 50, SEED_TS + 50)])
+        self.assertEqual(sums, [40 * big - 3, -3])
+
+    @defer.inlineCallbacks
+    def test_overflow_undoes_the_whole_call(self):
+        """A stored sum near 2**63 - 1 makes the script fail; nothing of the batch stays."""
+        self.server.call("HSET", "hz:1:0:points:201603151656", "20160315165645", str(2**63 - 5))
+        d1 = self.write(Point(2, 0, "points", 5, SEED_TS))
+        d2 = self.write(Point(1, 0, "points", 10, SEED_TS), Point(3, 0, "points", 1, SEED_TS))
+        first = yield d1
+        self.assertEqual(first.written, 1)
+        yield self.assertFailure(d2, RejectedByStore)
+        self.assertEqual(hgetall(self.server, "hz:1:0:points:201603151656"), {"20160315165645": str(2**63 - 5)})
+        self.assertEqual(hgetall(self.server, "hz:1:0:points:2016"), {})
+        self.assertEqual(hgetall(self.server, "hz:3:0:points:2016"), {})
+        self.assertEqual(hgetall(self.server, "hz:2:0:points:2016"), {"201603": "5"})
+
+    @defer.inlineCallbacks
+    def test_wrong_type_key_undoes_the_whole_call(self):
+        self.server.call("SET", "hz:1:0:points:20160315", "not a hash")
+        d = self.write(Point(1, 0, "points", 10, SEED_TS))
+        yield self.assertFailure(d, RejectedByStore)
+        self.assertEqual(hgetall(self.server, "hz:1:0:points:2016"), {})
+
+    @defer.inlineCallbacks
+    def test_idempotency_key_applies_once(self):
+        results = yield defer.gatherResults([
+            self.write(Point(1, 0, "points", 10, SEED_TS), key="h:a"),
+            self.write(Point(1, 0, "points", 10, SEED_TS), key="h:a"),
+        ])
+        later = yield self.write(Point(1, 0, "points", 10, SEED_TS), key="h:a")
+        other = yield self.write(Point(1, 0, "points", 4, SEED_TS), key="h:b")
+        self.assertEqual([(r.written, r.duplicates) for r in results + [later, other]],
+                         [(1, 0), (0, 1), (0, 1), (1, 0)])
+        sums = yield self.reader.sums([SumRequest(1, 0, "points", SEED_TS, SEED_TS)])
+        self.assertEqual(sums, [14])
+        ttl = int(self.server.call("TTL", "hz:id:h:a")[1:-2])
+        self.assertTrue(86000 < ttl <= 86400, ttl)
+
+    @defer.inlineCallbacks
+    def test_point_ids_dedupe_parts_of_a_request(self):
+        first = WriteUnit(group_parts([("x", Point(1, 0, "points", 1, SEED_TS)), (None, Point(1, 0, "points", 2, SEED_TS))]))
+        again = WriteUnit(group_parts([("x", Point(1, 0, "points", 1, SEED_TS)), ("y", Point(1, 0, "points", 4, SEED_TS))]))
+        r1 = yield self.writer.submit(first)
+        r2 = yield self.writer.submit(again)
+        self.assertEqual((r1, r2), ((2, 0), (1, 1)))
+        sums = yield self.reader.sums([SumRequest(1, 0, "points", SEED_TS, SEED_TS)])
+        self.assertEqual(sums, [7])
+
+    @defer.inlineCallbacks
+    def test_set_total_writes_the_difference(self):
+        """Re-sending a total changes nothing; a corrected total adds the difference at its ts."""
+        yield self.write(Point(1, 2, "steps", 0, SEED_TS, aid=77, total=100))
+        yield self.write(Point(1, 2, "steps", 0, SEED_TS + 60, aid=77, total=100))
+        yield self.write(Point(1, 2, "steps", 0, SEED_TS + 120, aid=77, total=130))
+        yield self.writer.submit(WriteUnit((Part(None, (Point(1, 2, "steps", 0, SEED_TS + 180, aid=78, total=5),
+                                                        Point(1, 2, "steps", 0, SEED_TS + 180, aid=78, total=9))),)))
+        sums = yield self.reader.sums([SumRequest(1, 2, "steps", SEED_TS, SEED_TS + 59),
+                                       SumRequest(1, 0, "steps", SEED_TS + 60, SEED_TS + 119),
+                                       SumRequest(1, 0, "steps", SEED_TS + 120, SEED_TS + 120),
+                                       SumRequest(1, 0, "steps", 0, 2**33 - 1)])
+        self.assertEqual(sums, [100, 0, 30, 139])
+        self.assertEqual(hgetall(self.server, "hzt:1:steps"), {"77": "130", "78": "9"})
+
+    @defer.inlineCallbacks
+    def test_counts_and_atids(self):
+        yield self.writer.submit(WriteUnit((Part(None, (Point(4, 2, "points", 1, SEED_TS), Point(4, 5, "points", 1, SEED_TS)),
+                                                 (Count("signups", 3, SEED_TS),)),)))
+        self.assertEqual(hgetall(self.server, "c:signups:201603151656"), {"20160315165645": "3"})
+        members = self.server.call("SMEMBERS", "hza:4")
+        self.assertEqual(sorted(m for m in members.split(b"\r\n") if m.isdigit()), [b"2", b"5"])
