@@ -90,7 +90,7 @@ async def run_variant(reactor, http, workdir: str, messages: int, per_message: i
         await store.load_scripts()
         writer = Writer(reactor, store, Layout())
         consumer = NSQConsumer(reactor, writer, frozenset({"points"}), nsqd_tcp_addresses=[f"127.0.0.1:{tcp_port}"],
-                               max_in_flight=2500)
+                               max_in_flight=min(2500, 100_000 // per_message))  # stay below the writer's queue cap
 
         async def drained():
             stats = json.loads(await (await http.get(f"{nsqd}/stats?format=json&topic=psd&channel=psd")).content())
