@@ -107,6 +107,8 @@ class Reader:
             reads += len(group)
         if args:
             calls.append((keys, args))
+        if len(calls) == 1:  # the common case: no gathering needed
+            return self._store.read(calls[0][0], [msgpack.packb(calls[0][1])]).addCallback(parse_sums)
         d = defer.gatherResults(
             [self._store.read(call_keys, [msgpack.packb(call_args)]) for call_keys, call_args in calls],
             consumeErrors=True,

@@ -120,6 +120,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
               max_points=settings.http["max_points"], max_uids=settings.query["max_uids"])
     site = Site(api.resource(), reactor=reactor)
     site.displayTracebacks = False
+    if not settings.http["access_log"]:
+        site.log = lambda request: None  # one log line per request costs about as much as a query
     http = strports.service(settings.http["listen"], site, reactor=reactor)
     http.setName("http")
     http.setServiceParent(root)
