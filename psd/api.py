@@ -23,7 +23,7 @@ from psd.model import WriteUnit, group_parts
 from psd.reader import SumRequest, shifted_request
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
 from psd.validation import (COUNT_NAME, MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
-                            parse_count, parse_point)
+                            metric_name, parse_count, parse_point)
 
 log = Logger()
 
@@ -70,6 +70,14 @@ def split_list(text: Optional[str], field: str) -> list[str]:
     if not text:
         raise InvalidInput(f"{field} is required")
     return text.split(",")
+
+
+#: The routes that change data: guarded by ``[http] token`` when one is set.
+WRITE_ROUTES = frozenset({b"/v1/points", b"/v1/counts", b"/v1/write"})
+
+
+def is_write(method: bytes, path: bytes) -> bool:
+    return method == b"POST" and path.rstrip(b"/") in WRITE_ROUTES
 
 
 class API:
@@ -133,7 +141,13 @@ class API:
 
     def _idempotency_key(self, request) -> Optional[str]:
         header = request.getHeader(b"Idempotency-Key")
-        return None if header is None else "h:" + key_part(header, "Idempotency-Key")
+        if header is None:
+            return None
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("Idempotency-Key must be UTF-8") from None
+        return "h:" + key_part(text, "Idempotency-Key")
 
     @app.route("/v1/sum", methods=["GET"])
     @json_route
@@ -167,9 +181,7 @@ class API:
         metrics = query.get("metrics")
         if not isinstance(metrics, list) or not metrics:
             raise InvalidInput("metrics must be a non-empty list")
-        for metric in metrics:
-            if metric not in self._metrics or type(metric) is not str:
-                raise InvalidInput(f"metric must be one of {', '.join(sorted(self._metrics))}")
+        metrics = [metric_name(metric, self._metrics) for metric in metrics]
         atid = integer(query, "atid", 0, MAX_ID, default=0)
         start = integer(query, "from", 0, MAX_TS)
         end = integer(query, "to", 0, MAX_TS)
@@ -214,7 +226,7 @@ class API:
     def series(self, request):
         args = _text_args(request)
         uid = integer_text(args.get("uid"), "uid", 0, MAX_ID)
-        metric = self._metric(args.get("metric"))
+        metric = metric_name(args.get("metric"), self._metrics)
         atid = integer_text(args.get("atid", "0"), "atid", 0, MAX_ID)
         start = integer_text(args.get("from"), "from", 0, MAX_TS)
         end = integer_text(args.get("to"), "to", 0, MAX_TS)
@@ -234,7 +246,7 @@ class API:
         if unknown:
             raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
         uids = self._uid_list(body.get("uids"))
-        metric = self._metric(body.get("metric"))
+        metric = metric_name(body.get("metric"), self._metrics)
         atid = integer(body, "atid", 0, MAX_ID, default=0)
         start = integer(body, "from", 0, MAX_TS)
         end = integer(body, "to", 0, MAX_TS)
@@ -394,11 +406,6 @@ class API:
         """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates."""
         d = self._writer.submit(WriteUnit(group_parts(keyed, self._idempotency_key(request))))
         return d.addCallback(lambda result: {"written": result.written, "duplicates": result.duplicates})
-
-    def _metric(self, metric) -> str:
-        if type(metric) is not str or metric not in self._metrics:
-            raise InvalidInput(f"metric must be one of {', '.join(sorted(self._metrics))}")
-        return metric
 
     def _uid_list(self, uids) -> list[int]:
         if not isinstance(uids, list) or not uids:
