@@ -22,7 +22,7 @@ from psd.leaderboard import board
 from psd.model import WriteUnit, group_parts
 from psd.reader import SumRequest, shifted_request
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
-from psd.validation import (COUNT_NAME, MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
+from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
                             metric_name, parse_count, parse_point)
 
 log = Logger()
@@ -256,9 +256,8 @@ class API:
         compare_to = integer(body, "compare_to", start, MAX_TS) if "compare_to" in body else None
         offsets = self._offsets(body.get("offsets", {}))
         windows = [(uid, end) for uid in uids] + ([(uid, compare_to) for uid in uids] if compare_to is not None else [])
-        requests = [shifted_request(uid, atid, metric, start, until, offsets.get(uid, 0)) for uid, until in windows]
-        sums = iter((yield self._reader.sums([r for r in requests if r is not None])))
-        values = [0 if r is None else next(sums) for r in requests]
+        values = yield self._sums_or_zero(
+            [shifted_request(uid, atid, metric, start, until, offsets.get(uid, 0)) for uid, until in windows])
         now = dict(zip(uids, values[: len(uids)]))
         then = dict(zip(uids, values[len(uids):])) if compare_to is not None else None
         return board(now, then, limit)
@@ -277,9 +276,7 @@ class API:
         names = list(dict.fromkeys(split_list(args.get("names"), "names")))
         if len(names) > self._max_uids:
             raise InvalidInput(f"at most {self._max_uids} names per query")
-        for name in names:
-            if not COUNT_NAME.match(name):
-                raise InvalidInput("names must be 2 to 64 characters of A-Z a-z 0-9 _ . -")
+        names = [compat.count_name(name) for name in names]
         start = integer_text(args.get("from"), "from", 0, MAX_TS)
         end = integer_text(args.get("to"), "to", 0, MAX_TS)
         if start > end:
@@ -376,13 +373,12 @@ class API:
         offsets = offsets or {}
 
         def window_sums(pairs):
-            requests = [shifted_request(uid, a, metric, start, end, offsets.get(uid, 0))
-                        for uid, a in pairs for metric in metrics]
-            d = self._reader.sums([r for r in requests if r is not None])
+            """{(uid, atid): [sum per metric]}."""
+            d = self._sums_or_zero([shifted_request(uid, a, metric, start, end, offsets.get(uid, 0))
+                                    for uid, a in pairs for metric in metrics])
 
-            def spread(found):
-                found = iter(found)
-                flat = iter([0 if r is None else next(found) for r in requests])
+            def spread(flat):
+                flat = iter(flat)
                 return {pair: [next(flat) for _ in metrics] for pair in pairs}
 
             return d.addCallback(spread)
@@ -401,6 +397,16 @@ class API:
             else:
                 atids[uid] = []
         return sums, atids
+
+    def _sums_or_zero(self, requests: list) -> defer.Deferred:
+        """Sums in order; 0 where the request is None (a window shifted out of the stored range)."""
+        d = self._reader.sums([r for r in requests if r is not None])
+
+        def spread(found):
+            found = iter(found)
+            return [0 if r is None else next(found) for r in requests]
+
+        return d.addCallback(spread)
 
     def _submit(self, request, keyed: list) -> defer.Deferred:
         """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates."""

@@ -83,8 +83,9 @@ def count_names(prefix: str, id_text: Optional[str], limit: int) -> dict[str, st
 
 
 def count_name(text: str) -> str:
+    """A global counter's name (the original's ``thing`` of a count)."""
     if not COUNT_NAME.match(text):
-        raise InvalidInput("thing must be 2 to 64 characters of A-Z a-z 0-9 _ . -")
+        raise InvalidInput("a count name must be 2 to 64 characters of A-Z a-z 0-9 _ . -")
     return text
 
 
