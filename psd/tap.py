@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from psd import config
 from psd.api import API, is_write
-from psd.embedded import EmbeddedRedis
+from psd.embedded import EmbeddedRedis, find_server_binary
 from psd.keys import Layout
 from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
@@ -55,10 +55,12 @@ class Options(usage.Options):
                     settings.set("nsq", name, values)
             self.role = _role(self["role"], settings.nsq)
             _check_endpoint(settings.http["listen"])
-            if settings.redis["url"] != "embedded":
+            if settings.redis["url"] == "embedded":
+                settings.set("embedded", "binary", find_server_binary(settings.embedded["binary"]))
+            else:
                 RedisAddress(settings.redis["url"])
             self.write_token = _write_token(settings.http)
-        except (config.SettingsError, ValueError) as e:
+        except (config.SettingsError, ValueError, FileNotFoundError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings
 

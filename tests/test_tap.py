@@ -35,6 +35,13 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertIn(fragment, str(e))
 
+    def test_missing_embedded_binary(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[embedded]\nbinary = "/nonexistent/valkey-server"\n')
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+        self.assertIn("[embedded] binary '/nonexistent/valkey-server' is not an executable file", str(e))
+
     def test_bad_redis_url(self):
         e = self.assertRaises(usage.UsageError, self.parse, "--redis", "mysql://x")
         self.assertIn("redis url 'mysql://x' must be", str(e))
