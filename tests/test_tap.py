@@ -1,0 +1,77 @@
+"""Options and assembly: one clear line for a bad setting, the service tree, the plugin."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from psd import config
+from psd.tap import Options, makeService
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self):
+        settings = self.parse().settings
+        self.assertEqual(settings.http["listen"], "tcp:1155:interface=127.0.0.1")
+        self.assertEqual(settings.redis["url"], "embedded")
+        self.assertEqual(settings.metrics["names"], ["points", "steps", "distance", "calories"])
+
+    def test_overrides(self):
+        settings = self.parse("--http", "tcp:9999", "--redis", "redis://h:1/2").settings
+        self.assertEqual((settings.http["listen"], settings.redis["url"]), ("tcp:9999", "redis://h:1/2"))
+
+    def test_bad_redis_url(self):
+        e = self.assertRaises(usage.UsageError, self.parse, "--redis", "mysql://x")
+        self.assertIn("redis url 'mysql://x' must be", str(e))
+
+    def test_config_file_errors_name_the_setting(self):
+        path = self.mktemp()
+        for text, fragment in (('[writer]\nwindow_ms = "fast"\n', "[writer] window_ms must be of type float"),
+                               ("[writer]\nmax_in_flight = 0\n", "[writer] max_in_flight has an invalid value 0"),
+                               ("[writer]\nbogus = 1\n", "unknown setting [writer] bogus"),
+                               ("[nope]\n", "unknown section [nope]"),
+                               ("[metrics]\nnames = ['a:b']\n", "[metrics] names"),
+                               ("not toml =", "is not valid TOML")):
+            with open(path, "w") as f:
+                f.write(text)
+            e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+            self.assertIn(fragment, str(e))
+            self.assertNotIn("\n", str(e))
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path + ".missing")
+        self.assertIn("cannot read config", str(e))
+
+    def test_the_shipped_settings_file_is_the_defaults(self):
+        defaults = config.load()
+        shipped = config.load(__file__.rsplit("/tests/", 1)[0] + "/conf/settings.toml.dist")
+        for section in config.SCHEMA:
+            self.assertEqual(getattr(shipped, section), getattr(defaults, section), section)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_service_tree(self):
+        options = Options()
+        options.parseOptions(["--redis", "redis://127.0.0.1:1/0"])
+        service = makeService(options, MemoryReactorClock())
+        self.assertTrue(IService.providedBy(service))
+        self.assertEqual([s.name for s in service], ["store", "writer", "http"])
+
+    def test_embedded_store_comes_first(self):
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        service = makeService(options, MemoryReactorClock())
+        self.assertEqual([s.name for s in service], ["embedded-store", "store", "writer", "http"])
+
+    def test_plugin_is_found(self):
+        from twisted.plugin import IPlugin, getPlugins
+        from twisted.application.service import IServiceMaker
+        import twisted.plugins
+
+        names = [p.tapname for p in getPlugins(IServiceMaker, twisted.plugins) if IPlugin.providedBy(p)]
+        self.assertIn("psd", names)
