@@ -23,7 +23,8 @@ class Batch:
     """Units merged so far, and what the write script needs to apply them.
 
     ``add`` is the hot path: it only sums values per (uid, atid, metric,
-    second) and per (count, second); the fan-out to the five levels happens
+    second) and per (count, second), and notes the distinct minutes and hours
+    to estimate the script's cost; the fan-out to the five levels happens
     once per distinct second in :meth:`script_args`.
     """
 
@@ -34,6 +35,8 @@ class Batch:
         self.points = 0
         self._fields = fields_cache if fields_cache is not None else {}
         self._seconds: dict = {}
+        self._minutes: set = set()
+        self._hours: set = set()
         self._counts: dict = {}
         self._totals: list = []
         self._atids: set = set()
@@ -47,7 +50,8 @@ class Batch:
         """Merge a unit, leaving out the parts whose index is in ``skip``."""
         unit_index = len(self.units)
         self.units.append(unit)
-        seconds, totals, atids = self._seconds, self._totals, self._atids
+        seconds, minutes, hours = self._seconds, self._minutes, self._hours
+        totals, atids = self._totals, self._atids
         for part_index, part in enumerate(unit.parts):
             if part_index in skip:
                 continue
@@ -58,20 +62,31 @@ class Batch:
                 self._keys_in_batch.add(part.dedupe_key)
                 self.keyed_parts.append((unit_index, part_index))
             for point in part.points:
-                atids.add((point.uid, point.atid))
-                if point.total is None:
-                    key = (point.uid, point.atid, point.metric, point.ts)
-                    seconds[key] = seconds.get(key, 0) + point.value
-                else:
+                uid, atid, metric, value, ts, _, total = point
+                atids.add((uid, atid))
+                if total is not None:
                     totals.append(point)
+                    continue
+                key = (uid, atid, metric, ts)
+                if key in seconds:
+                    seconds[key] += value
+                else:
+                    seconds[key] = value
+                    minutes.add((uid, atid, metric, ts // 60))
+                    hours.add((uid, atid, metric, ts // 3600))
             for count in part.counts:
                 key = (count.name, count.ts)
                 self._counts[key] = self._counts.get(key, 0) + count.value
             self.points += part.size()
 
-    def increments_bound(self) -> int:
-        """An upper bound of the HINCRBY this batch will cost, to cap script time."""
-        return 10 * (len(self._seconds) + len(self._totals)) + 5 * len(self._counts)
+    def increments_estimate(self) -> int:
+        """About how many HINCRBY this batch will cost, to keep each script call short.
+
+        Exact for the second, minute and hour fields of points, a bound for the
+        coarser ones (three per distinct hour); doubled for the copy under atid 0.
+        """
+        fields = len(self._seconds) + len(self._minutes) + 3 * len(self._hours)
+        return 2 * fields + 10 * len(self._totals) + 5 * len(self._counts)
 
     def _point_fields(self, ts: int) -> list:
         fields = self._fields.get(ts)
