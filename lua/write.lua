@@ -31,9 +31,9 @@ local function negate(delta)
 end
 
 local undo = {}
-local function fail(err)
+local function fail(err)  -- Redis' own message, so OOM reads as OOM (try later) and overflow as ERR (refused)
   for i = #undo, 1, -1 do undo[i]() end
-  return redis.error_reply('PSD ' .. tostring(err.err or err))
+  return redis.error_reply(err.err)
 end
 
 -- Set-total differences, read before anything is written.

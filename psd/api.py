@@ -67,6 +67,14 @@ def split_list(text: Optional[str], field: str) -> list[str]:
     return text.split(",")
 
 
+#: The routes that change data: guarded by ``[http] token`` when one is set.
+WRITE_ROUTES = frozenset({b"/v1/points", b"/v1/counts", b"/v1/write"})
+
+
+def is_write(method: bytes, path: bytes) -> bool:
+    return method == b"POST" and path.rstrip(b"/") in WRITE_ROUTES
+
+
 class API:
     app = Klein()
 

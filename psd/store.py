@@ -62,7 +62,8 @@ class RedisAddress:
         self.password = parsed.password
 
     def connect(self, poolsize: int, reply_timeout: float, connect_timeout: float):
-        options = dict(dbid=self.db, poolsize=poolsize, password=self.password, replyTimeout=reply_timeout,
+        # dbid None for db 0: no SELECT on connect, one less step that can time out (see RedisStore._pool)
+        options = dict(dbid=self.db or None, poolsize=poolsize, password=self.password, replyTimeout=reply_timeout,
                        connectTimeout=connect_timeout, convertNumbers=False)
         if self.path:
             return txredisapi.lazyUnixConnectionPool(self.path, **options)
@@ -80,55 +81,72 @@ class RedisStore:
         self._read_pool = read_pool
         self.write_script = Script("write")
         self.read_script = Script("read")
-        self._writes = self._reads = None
+        self._pools: dict = {}
 
     def start(self) -> None:
-        self._writes = self.address.connect(1, self._reply_timeout, self._reply_timeout)
-        self._reads = self.address.connect(self._read_pool, self._reply_timeout, self._reply_timeout)
+        self._pools = {"write": self._connect("write"), "read": self._connect("read")}
+
+    def _connect(self, role: str):
+        size = 1 if role == "write" else self._read_pool
+        return self.address.connect(size, self._reply_timeout, self._reply_timeout)
+
+    def _pool(self, role: str):
+        """The pool for ``role``, replaced if txredisapi gave up on it.
+
+        txredisapi stops reconnecting for good when AUTH or SELECT fails on a
+        new connection, which a Redis that is stopped (SIGSTOP) or overloaded
+        makes happen through a reply timeout; psd must recover by itself.
+        """
+        pool = self._pools.get(role)
+        if pool is not None and pool._factory.stopped:
+            self.log.warn("Redis {role} connections had stopped retrying; reconnecting", role=role)
+            pool.disconnect()
+            pool = self._pools[role] = self._connect(role)
+        return pool
 
     @defer.inlineCallbacks
     def stop(self):
-        for pool in (self._writes, self._reads):
-            if pool is not None:
-                yield pool.disconnect()
-        self._writes = self._reads = None
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            yield pool.disconnect()
 
     def connected(self) -> bool:
-        return all(pool is not None and pool._factory.size > 0 for pool in (self._writes, self._reads))
+        return all(self._pools.get(role) is not None and self._pools[role]._factory.size > 0
+                   for role in ("write", "read"))
 
     @defer.inlineCallbacks
     def load_scripts(self):
         """SCRIPT LOAD both scripts (also done lazily on NOSCRIPT)."""
         for script in (self.write_script, self.read_script):
-            sha = yield self._command(self._writes, "SCRIPT", "LOAD", script.source)
+            sha = yield self._command("write", "SCRIPT", "LOAD", script.source)
             if sha != script.sha:
                 raise RuntimeError(f"Redis hashed lua/{script.name}.lua as {sha}, expected {script.sha}")
         return [self.write_script.sha, self.read_script.sha]
 
     def write(self, keys: list, args: list) -> defer.Deferred:
-        return self._evalsha(self._writes, self.write_script, keys, args)
+        return self._evalsha("write", self.write_script, keys, args)
 
     def read(self, keys: list, args: list) -> defer.Deferred:
-        return self._evalsha(self._reads, self.read_script, keys, args)
+        return self._evalsha("read", self.read_script, keys, args)
 
     def ping(self) -> defer.Deferred:
-        return self._command(self._reads, "PING")
+        return self._command("read", "PING")
 
     def command(self, *args: Any) -> defer.Deferred:
         """Any other command, on the read pool (HGETALL, SMEMBERS, ...)."""
-        return self._command(self._reads, *args)
+        return self._command("read", *args)
 
     @defer.inlineCallbacks
-    def _evalsha(self, pool, script: Script, keys: list, args: list):
+    def _evalsha(self, role: str, script: Script, keys: list, args: list):
         try:
-            result = yield self._command(pool, "EVALSHA", script.sha, len(keys), *keys, *args)
-        except _NoScript:
-            self.log.info("reloading lua/{name}.lua after NOSCRIPT", name=script.name)
-            yield self._command(pool, "SCRIPT", "LOAD", script.source)
-            result = yield self._command(pool, "EVALSHA", script.sha, len(keys), *keys, *args)
+            result = yield self._command(role, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except _NoScript:  # Redis restarted or SCRIPT FLUSH: EVAL sends the source and caches it again
+            self.log.info("lua/{name}.lua was not in Redis' script cache; sending it with EVAL", name=script.name)
+            result = yield self._command(role, "EVAL", script.source, len(keys), *keys, *args)
         return result
 
-    def _command(self, pool, *args: Any) -> defer.Deferred:
+    def _command(self, role: str, *args: Any) -> defer.Deferred:
+        pool = self._pool(role)
         if pool is None or pool._factory.size == 0:
             return defer.fail(StoreUnavailable("Redis is not connected"))
         try:

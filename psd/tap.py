@@ -7,15 +7,14 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
-
 from psd import config
-from psd.api import API
+from psd.api import API, is_write
 from psd.embedded import EmbeddedRedis
 from psd.keys import Layout
 from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
+from psd.web import GuardedSite, TokenGuard
 from psd.writer import Writer
 
 
@@ -38,9 +37,26 @@ class Options(usage.Options):
                     settings.set(section, name, self[option])
             if settings.redis["url"] != "embedded":
                 RedisAddress(settings.redis["url"])
+            self.write_token = _write_token(settings.http)
         except (config.SettingsError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings
+
+
+def _write_token(http: dict) -> str:
+    """``[http] token``, or the first line of ``[http] token_file`` (kept out of the config)."""
+    if http["token"] and http["token_file"]:
+        raise config.SettingsError("settings: [http] token and token_file exclude each other")
+    if not http["token_file"]:
+        return http["token"]
+    try:
+        with open(http["token_file"]) as f:
+            token = f.readline().strip()
+    except OSError as e:
+        raise config.SettingsError(f"settings: [http] token_file: cannot read it: {e.strerror}") from None
+    if not token:
+        raise config.SettingsError("settings: [http] token_file is empty")
+    return token
 
 
 class StoreService(Service):
@@ -66,10 +82,11 @@ class StoreService(Service):
     def _try_load(self):
         try:
             yield self.store.ping()
-        except Exception:
+            yield self.store.load_scripts()
+        except Exception as e:  # not up yet, or went away again: the next tick retries
+            self.log.debug("store not ready: {error}", error=e)
             return
         self.log.info("store ready at {url}", url=self.store.address.url)
-        yield self.store.load_scripts()
         self.log.info("scripts loaded: write {write}, read {read}",
                       write=self.store.write_script.sha, read=self.store.read_script.sha)
         self._loop.stop()
@@ -116,11 +133,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     WriterService(writer).setServiceParent(root)
     reader = Reader(store, layout, settings.query["max_reads_per_call"])
 
+    h = settings.http
     api = API(writer, reader, store, metric_names(settings.metrics["names"]),
-              max_points=settings.http["max_points"], max_uids=settings.query["max_uids"])
-    site = Site(api.resource(), reactor=reactor)
-    site.displayTracebacks = False
-    http = strports.service(settings.http["listen"], site, reactor=reactor)
+              max_points=h["max_points"], max_uids=settings.query["max_uids"])
+    guarded = TokenGuard(api.resource(), is_write, options.write_token, h["read_token"])
+    site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
+                       max_connections=h["max_connections"])
+    http = strports.service(h["listen"], site, reactor=reactor)
     http.setName("http")
     http.setServiceParent(root)
     return root

@@ -1,0 +1,158 @@
+"""twisted.web hardened for a daemon on a network: the limits twisted.web lacks.
+
+- Bodies are capped while they are read (413), before they are buffered
+  whole; twisted.web itself has no limit and spools big bodies to disk.
+- A request must arrive whole within ``request_timeout`` seconds of its
+  first byte: the idle timeout resets on every byte, so without this one
+  byte a minute holds a connection forever (slowloris).
+- At most ``max_connections`` connections are open; more are closed at once.
+- Optional bearer tokens, compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from io import BytesIO
+from typing import Callable, Optional
+
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+
+log = Logger()
+
+
+def _raw_json_response(status: int, reason: bytes, body: dict) -> bytes:
+    content = json.dumps(body).encode()
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % (status, reason, len(content)) + content)
+
+
+class LimitedRequest(server.Request):
+    """A request whose body may not exceed the site's ``max_body_bytes``."""
+
+    _received = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > self.channel.site.max_body_bytes:
+            self.channel.reject(413, b"Request Entity Too Large", "request body too large")
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.channel.rejected:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_bytes:
+            self.channel.reject(413, b"Request Entity Too Large", "request body too large")
+            return
+        self.content.write(data)
+
+
+class GuardedChannel(http.HTTPChannel):
+    """An HTTP channel with a whole-request deadline and a way to refuse a request early."""
+
+    rejected = False
+    _deadline = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.open_connections += 1
+        self._arm_deadline()
+
+    def connectionLost(self, reason) -> None:
+        self.site.open_connections -= 1
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.rejected:
+            return
+        if not self._handlingRequest:
+            self._arm_deadline()
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if self.rejected:
+            return
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def reject(self, status: int, reason: bytes, message: str) -> None:
+        """Answer before the request is complete, and close: nothing more is read."""
+        if self.rejected:
+            return
+        self.rejected = True
+        self._cancel_deadline()
+        self.transport.write(_raw_json_response(status, reason, {"error": message}))
+        self.transport.loseConnection()
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self._handlingRequest or self.rejected:
+            return
+        if not self.requests:  # no request started: an idle keep-alive connection, or one that never spoke
+            self.rejected = True
+            self.transport.abortConnection()
+            return
+        self.reject(408, b"Request Timeout", "request not received in time")
+        self.transport.abortConnection()
+
+
+class GuardedSite(server.Site):
+    """A Site with psd's limits; ``displayTracebacks`` is off."""
+
+    protocol = GuardedChannel
+    requestFactory = LimitedRequest
+    displayTracebacks = False
+
+    def __init__(self, root, reactor, max_body_bytes: int, request_timeout: float, max_connections: int,
+                 idle_timeout: float = 60.0):
+        super().__init__(root, timeout=idle_timeout, reactor=reactor)
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.open_connections = 0
+
+    def buildProtocol(self, addr):
+        if self.open_connections >= self.max_connections:
+            log.warn("refusing a connection from {addr}: {n} open", addr=addr, n=self.open_connections)
+            return None
+        return super().buildProtocol(addr)
+
+
+class TokenGuard(resource.Resource):
+    """Requires ``Authorization: Bearer <token>`` on writes, and on reads if a read token is set."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped, is_write: Callable[[bytes, bytes], bool], write_token: str = "", read_token: str = ""):
+        super().__init__()
+        self._wrapped = wrapped
+        self._is_write = is_write
+        self._write_token = write_token.encode()
+        self._read_token = read_token.encode()
+
+    def render(self, request):
+        token = self._write_token if self._is_write(request.method, request.path) else self._read_token
+        if token and not _bearer_matches(request, token):
+            request.setResponseCode(401)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="psd"')
+            return json.dumps({"error": "a valid bearer token is required"}).encode()
+        return self._wrapped.render(request)
+
+
+def _bearer_matches(request, token: bytes) -> bool:
+    header = request.getHeader(b"Authorization") or b""
+    scheme, _, given = header.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
