@@ -1,6 +1,7 @@
 """The Twisted HTTP ceiling for workload (c): a Klein handler that reads the body and answers a constant.
 
-Run: ``python bench/bare_klein.py PORT``.
+Form parsing is off, as in psd, so the ceiling is the best bare Twisted
+does, not what its defaults cost.  Run: ``python bench/bare_klein.py PORT``.
 """
 
 import sys
@@ -21,5 +22,5 @@ class Bare:
 
 
 if __name__ == "__main__":
-    reactor.listenTCP(int(sys.argv[1]), Site(Bare().app.resource()), interface="127.0.0.1")
+    reactor.listenTCP(int(sys.argv[1]), Site(Bare().app.resource(), parsePOSTFormSubmission=False), interface="127.0.0.1")
     reactor.run()

@@ -23,6 +23,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "token": (str, "", None),
         "token_file": (str, "", None),
         "read_token": (str, "", None),
+        "access_log": (bool, True, None),
     },
     "redis": {
         "url": (str, "embedded", None),

@@ -138,7 +138,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
               max_points=h["max_points"], max_uids=settings.query["max_uids"])
     guarded = TokenGuard(api.resource(), is_write, options.write_token, h["read_token"])
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
-                       max_connections=h["max_connections"])
+                       max_connections=h["max_connections"], access_log=h["access_log"])
     http = strports.service(h["listen"], site, reactor=reactor)
     http.setName("http")
     http.setServiceParent(root)

@@ -7,10 +7,13 @@ paused (SIGSTOP), so that the queue fills for real.
 
 from __future__ import annotations
 
+import json
 import signal
 
-from twisted.internet import defer
-from twisted.internet.task import Clock
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from psd.keys import Layout
@@ -90,6 +93,8 @@ class OverloadTests(TestCase):
         server.kill(signal.SIGSTOP)
         point = {"uid": 1, "atid": 0, "metric": "points", "value": 1, "ts": TS}
         accepted = [psd.post("/v1/points", [point] * 10) for _ in range(3)]
+        while psd.writer.pending() < 30:
+            yield deferLater(reactor, 0.01, lambda: None)
         status, body, response = yield psd.post("/v1/points", [point] * 10)
         self.assertEqual(status, 503)
         self.assertIn("overloaded", body["error"])
@@ -101,3 +106,26 @@ class OverloadTests(TestCase):
         status, _, _ = yield psd.post("/v1/points", [point] * 10)
         self.assertEqual(status, 200)
         self.assertEqual(server.call("HGET", "hz:1:0:points:2016", "201603"), b"$2\r\n40\r\n")
+
+    @defer.inlineCallbacks
+    def test_a_client_that_leaves_before_its_answer_is_no_internal_error(self):
+        server = RedisServer(self)
+        yield server.start()
+        psd = yield started_psd(self, server)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server.kill(signal.SIGSTOP)
+        body = json.dumps({"uid": 1, "metric": "points", "value": 1, "ts": TS}).encode()
+        client = yield ClientCreator(reactor, Protocol).connectTCP("127.0.0.1", int(psd.base.rsplit(":", 1)[1]))
+        client.transport.write(b"POST /v1/points HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(psd.writer.pending(), 1)
+        client.transport.loseConnection()
+        yield deferLater(reactor, 0.1, lambda: None)
+        server.kill(signal.SIGCONT)
+        yield psd.writer.whenIdle()
+        status, answer, response = yield psd.post("/v1/points", {"uid": 1, "metric": "points", "value": 1, "ts": TS})
+        self.assertEqual((status, response.length), (200, 28))  # Content-Length: not chunked
+        self.assertEqual([e for e in events if e.get("log_namespace") == "psd.api"], [])
+        self.assertEqual(server.call("HGET", "hz:1:0:points:2016", "201603"), b"$1\r\n2\r\n")
