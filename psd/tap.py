@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.application import strports
+import sys
+
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -15,6 +16,7 @@ from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
 from psd.web import GuardedSite, TokenGuard
+from psd.workers import http_service
 from psd.writer import Writer
 
 
@@ -26,7 +28,14 @@ class Options(usage.Options):
         ["http", None, None, "HTTP server endpoint, e.g. tcp:1155:interface=127.0.0.1 (overrides [http] listen)."],
         ["redis", None, None, "redis://host:port/db, unix:///path.sock, or embedded (overrides [redis] url)."],
         ["data-dir", None, None, "Data directory of the embedded store (overrides [embedded] data_dir)."],
+        ["workers", None, 1, "HTTP worker processes sharing the listening socket (see psd/workers.py).", int],
+        ["inherited-fd", None, None, "Internal: serve on this inherited listening socket (a started worker).", int],
     ]
+
+    def parseOptions(self, options=None) -> None:
+        #: the arguments as given, for the worker processes started with --workers
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         try:
@@ -38,6 +47,8 @@ class Options(usage.Options):
             if settings.redis["url"] != "embedded":
                 RedisAddress(settings.redis["url"])
             self.write_token = _write_token(settings.http)
+            if self["workers"] < 1:
+                raise ValueError("--workers must be at least 1")
         except (config.SettingsError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings
@@ -139,7 +150,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     guarded = TokenGuard(api.resource(), is_write, options.write_token, h["read_token"])
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
                        max_connections=h["max_connections"], access_log=h["access_log"])
-    http = strports.service(h["listen"], site, reactor=reactor)
+    http = http_service(reactor, h["listen"], site, options["workers"], options["inherited-fd"],
+                        options.argv + ["--redis", redis_url])
     http.setName("http")
     http.setServiceParent(root)
     return root
