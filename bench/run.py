@@ -95,6 +95,18 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -185,16 +197,25 @@ class Bench:
 
     # psd --------------------------------------------------------------------------------------------
 
-    def start_psd(self, workers: int) -> tuple[Server, int]:
+    def start_psd(self, workers: int) -> tuple[Server, int, list]:
+        """psd with its default settings except the access log (off: the bare handler has none either)."""
         port = free_port()
-        argv = [sys.executable, "-m", "twisted", "psd", "--redis", f"redis://127.0.0.1:{self.redis_port}/0",
-                "--http", f"tcp:{port}:interface=127.0.0.1"]
+        settings = self.workdir / "settings.toml"
+        settings.write_text("[http]\naccess_log = false\n")
+        argv = [sys.executable, "-m", "twisted", "psd", "--config", str(settings),
+                "--redis", f"redis://127.0.0.1:{self.redis_port}/0", "--http", f"tcp:{port}:interface=127.0.0.1"]
         if workers > 1:
             argv += ["--workers", str(workers)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         server = Server(pinned(PSD_CORE if workers == 1 else "", argv), self.workdir / "psd.log", env=env)
         wait_http(port, "/health")
-        return server, port
+        deadline = time.monotonic() + 20
+        while len(process_tree(server.process.pid)) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"psd did not start {workers} workers")
+            time.sleep(0.1)
+        time.sleep(0.5)  # the last worker connects to Redis
+        return server, port, process_tree(server.process.pid)
 
     def _start_measure(self) -> dict:
         self.probe.call("FLUSHALL")
@@ -217,12 +238,14 @@ class Bench:
     def batch_workload(self, port: int, pids: list, requests: list, connections: int) -> dict:
         before = self._start_measure()
         sampler = RssSampler(pids)
+        cpu = cpu_seconds(pids)
         result = httpload.run(port, requests, connections)
+        cpu = cpu_seconds(pids) - cpu
         rss = sampler.stop()
         points = result.acked_points
         row = {"points_s": points / result.elapsed, "p50": percentile(result.latencies, 50),
                "p99": percentile(result.latencies, 99), "rss": rss, "retries": result.retries,
-               "errors": result.errors, **self._redis_cost(before, points)}
+               "cpu_us": cpu * 1e6 / max(points, 1), "errors": result.errors, **self._redis_cost(before, points)}
         atid0, typed = self.totals()
         row["check"] = atid0 == typed == result.acked_value and not result.errors
         row["check_text"] = f"acked {result.acked_value}, redis {atid0}/{typed}"
@@ -242,10 +265,12 @@ class Bench:
     def _wrk(self, port: int, pids: list) -> dict:
         env = dict(os.environ, BENCH_BASE_TS=str(BASE_TS), BENCH_USERS="10000", BENCH_SPAN=str(DAYS * 86400))
         sampler = RssSampler(pids)
+        cpu = cpu_seconds(pids)
         output = subprocess.run(pinned(LOAD_CORE, [
             "wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{self.sizes.wrk_seconds}s", "--latency",
             "-s", str(ROOT / "bench" / "single_point.lua"), f"http://127.0.0.1:{port}/v1/points"]),
             capture_output=True, text=True, env=env, check=True).stdout
+        cpu = cpu_seconds(pids) - cpu
         rss = sampler.stop()
         requests = int(re.search(r"(\d+) requests in", output).group(1))
         seconds = float(re.search(r"requests in ([\d.]+)s", output).group(1))
@@ -253,6 +278,7 @@ class Bench:
         errors = int(bad.group(1)) if bad else 0
         socket_errors = re.search(r"Socket errors: (.*)", output)
         return {"points_s": (requests - errors) / seconds, "acked": requests - errors,
+                "cpu_us": cpu * 1e6 / max(requests, 1),
                 "p50": wrk_latency(output, "50%"), "p99": wrk_latency(output, "99%"), "rss": rss,
                 "errors": {"non-2xx": errors, **({"socket": socket_errors.group(1)} if socket_errors else {})}
                 if errors or socket_errors else {}}
@@ -339,8 +365,8 @@ class Series:
 
 
 def format_table(rows: list) -> str:
-    header = ("workload", "points/s", "ratio", "target", "p50 ms", "p99 ms", "cmds/pt", "script us avg/max",
-              "RSS MB", "totals")
+    header = ("workload", "points/s", "ratio", "target", "p50 ms", "p99 ms", "CPU us/pt", "cmds/pt",
+              "script us avg/max", "RSS MB", "totals")
     lines = [header]
     for row in rows:
         if isinstance(row, tuple):
@@ -356,6 +382,7 @@ def format_table(rows: list) -> str:
             f"{ratio:.2f}x {row.reference}" if ratio is not None else "",
             (("ok " if ratio >= row.target else "MISSED ") + f">={row.target}x") if row.target else "",
             _ms(row.median("p50")), _ms(row.median("p99")),
+            f"{row.median('cpu_us'):.0f}" if row.median("cpu_us") is not None else "",
             f"{row.median('cmds_per_point'):.2f}" if row.median("cmds_per_point") is not None else "",
             (f"{script:.0f}/" + (f"{script_max}" if script_max else "<1000")) if script else "",
             f"{row.median('rss') / 2**20:.0f}" if row.median("rss") else "",
@@ -395,9 +422,8 @@ def main() -> int:
         for round_number in range(sizes.rounds):
             print(f"round {round_number + 1}/{sizes.rounds}", file=sys.stderr)
             ceiling_now = ceiling_point(bench, ceiling)
-            psd, port = bench.start_psd(workers=1)
+            psd, port, pids = bench.start_psd(workers=1)
             try:
-                pids = process_tree(psd.process.pid)
                 run = bench.batch_workload(port, pids, uniform_requests(port, sizes.uniform_points, rng), 4)
                 record(uniform, run, ceiling_now)
                 ceiling_now = ceiling_point(bench, ceiling)
@@ -408,9 +434,9 @@ def main() -> int:
                 record(single, bench.single_point_workload(port, pids), bare_run["points_s"])
             finally:
                 psd.stop()
-            psd, port = bench.start_psd(workers=2)
+            psd, port, pids = bench.start_psd(workers=2)
             try:
-                record(single2, bench.single_point_workload(port, process_tree(psd.process.pid)), GO_PSD_SINGLE_POINT)
+                record(single2, bench.single_point_workload(port, pids), GO_PSD_SINGLE_POINT)
             finally:
                 psd.stop()
         for series in (uniform, workouts, single, single2):
@@ -421,12 +447,14 @@ def main() -> int:
     finally:
         bench.close()
     nsq = ("(d) NSQ 100k msgs of 1 / of 100", "not yet: the nsq branch has not landed on main",
-           "", "", "", "", "", "", "", "")
+           "", "", "", "", "", "", "", "", "")
     print(format_table([ceiling, uniform, workouts, bare, single, single2, nsq]))
     print(f"\nrounds: {sizes.rounds}; medians; ratios are medians of per-round ratios. psd and bare Klein on core "
           f"{PSD_CORE}, Redis and load generators on core {LOAD_CORE} (taskset); --workers 2 unpinned. (a)/(b) closed "
           f"loop (4/16 connections), (c) wrk -t1 -c{WRK_CONNECTIONS} (closed loop). Go 7,183 req/s is issue 5's figure "
-          f"(the Go psd is not on this machine). logs: {workdir}")
+          f"(the Go psd is not on this machine). CPU us/pt: psd's user+system CPU per point acknowledged "
+          f"(all workers), the figure that other load on the machine disturbs least. psd runs with [http] "
+          f"access_log = false. logs: {workdir}")
     if failed:
         print("TOTALS CHECK FAILED", file=sys.stderr)
         return 1
