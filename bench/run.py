@@ -56,7 +56,7 @@ class Sizes:
 
 
 FULL = Sizes(uniform_points=300_000, workout_users=5000, wrk_seconds=10, benchmark_requests=3_000_000, rounds=3)
-QUICK = Sizes(uniform_points=20_000, workout_users=1000, wrk_seconds=2, benchmark_requests=300_000, rounds=1)
+QUICK = Sizes(uniform_points=10_000, workout_users=500, wrk_seconds=1, benchmark_requests=200_000, rounds=1)
 
 
 def free_port() -> int:
