@@ -11,18 +11,11 @@ from psd.tap import Options, makeService
 from tests.redisfixture import RedisServer, free_port
 
 
-class RunningPsd:
-    def __init__(self, service, port: int):
-        self.service = service
-        self.base = f"http://127.0.0.1:{port}"
+class HttpClient:
+    """JSON over HTTP to a psd at ``base``."""
 
-    @property
-    def store(self):
-        return self.service.getServiceNamed("store").store
-
-    @property
-    def writer(self):
-        return self.service.getServiceNamed("writer").writer
+    def __init__(self, base: str):
+        self.base = base
 
     @defer.inlineCallbacks
     def request(self, method: str, path: str, body=None, headers=None, raw: bytes = None):
@@ -37,6 +30,22 @@ class RunningPsd:
 
     def get(self, path: str, **kwargs):
         return self.request("GET", path, **kwargs)
+
+
+class RunningPsd(HttpClient):
+    """psd running inside the test's own reactor."""
+
+    def __init__(self, service, port: int):
+        super().__init__(f"http://127.0.0.1:{port}")
+        self.service = service
+
+    @property
+    def store(self):
+        return self.service.getServiceNamed("store").store
+
+    @property
+    def writer(self):
+        return self.service.getServiceNamed("writer").writer
 
 
 @defer.inlineCallbacks

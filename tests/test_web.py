@@ -81,7 +81,7 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
     def test_connection_cap(self):
-        first, second = self.connect(), self.connect()
+        first, _ = self.connect(), self.connect()
         self.assertIsNone(self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555)))
         first[0].connectionLost(None)
         self.assertIsNotNone(self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555)))

@@ -1,1 +1,1 @@
-"""psd's own NSQ V2 consumer."""
+"""psd's own NSQ V2 consumer: framing, protocol, consumer service, message decoding."""
