@@ -15,6 +15,7 @@ Pinning (2 cores): psd and the bare Klein handler run on core 0 (``taskset -c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -46,17 +47,23 @@ PROBE_COMMANDS = {"info", "eval", "slowlog", "config", "flushall", "ping", "scri
                   "hello", "command", "dbsize"}
 
 
+GO_NSQ_WORKER = 5099  # issue 5: the Go psd's NSQ worker, one-point messages/s
+
+
 @dataclass
 class Sizes:
     uniform_points: int
     workout_users: int
     wrk_seconds: int
     benchmark_requests: int
+    nsq_messages: dict  # points per message -> messages
     rounds: int
 
 
-FULL = Sizes(uniform_points=300_000, workout_users=5000, wrk_seconds=10, benchmark_requests=3_000_000, rounds=3)
-QUICK = Sizes(uniform_points=10_000, workout_users=500, wrk_seconds=1, benchmark_requests=200_000, rounds=1)
+FULL = Sizes(uniform_points=300_000, workout_users=5000, wrk_seconds=10, benchmark_requests=2_000_000,
+             nsq_messages={1: 100_000, 100: 3_000}, rounds=3)
+QUICK = Sizes(uniform_points=10_000, workout_users=500, wrk_seconds=1, benchmark_requests=200_000,
+              nsq_messages={1: 1_000, 100: 50}, rounds=1)
 
 
 def free_port() -> int:
@@ -287,6 +294,22 @@ class Bench:
 WRK_CONNECTIONS = 32
 
 
+def nsq_workload(points_per_message: int, messages: int) -> dict:
+    """(d) bench/nsq_ingest.py: its own nsqd and Redis, psd's consumer and writer in its process."""
+    output = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "nsq_ingest.py"), "--messages", str(messages),
+         "--points-per-message", str(points_per_message)],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"nsq_ingest.py printed no result: {output.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    points = result["expected_total"]
+    return {"points_s": result["points_per_s"], "messages_s": result["messages_per_s"],
+            "cpu_us": result["psd_cpu_s"] * 1e6 / points, "check": result["exact"],
+            "check_text": f"sent {points}, redis {result['redis_total']}"}
+
+
 class RssSampler:
     """Peak RSS of a process tree, sampled every 100 ms from a thread."""
 
@@ -414,6 +437,8 @@ def main() -> int:
     workouts = Series("(b) workouts, 20/req, 16 conn", reference="ceiling", target=2.5)
     single = Series("(c) single point, 32 conn", reference="bare", target=0.7)
     single2 = Series("(c) single point, --workers 2", reference="Go 7,183", target=1.0)
+    nsq_single = Series("(d) NSQ, 1-point messages", reference="Go 5,099 msg/s", target=5.0)
+    nsq_batch = Series("(d) NSQ, 100-point messages", reference="ceiling", target=1.0)
     rng = random.Random(5)
     workdir = Path(tempfile.mkdtemp(prefix="psd-bench-"))
     bench = Bench(sizes, workdir)
@@ -439,20 +464,24 @@ def main() -> int:
                 record(single2, bench.single_point_workload(port, pids), GO_PSD_SINGLE_POINT)
             finally:
                 psd.stop()
-        for series in (uniform, workouts, single, single2):
+            run = nsq_workload(1, sizes.nsq_messages[1])
+            record(nsq_single, run, GO_NSQ_WORKER)
+            nsq_single.ratios[-1] = run["messages_s"] / GO_NSQ_WORKER
+            ceiling_now = ceiling_point(bench, ceiling)
+            record(nsq_batch, nsq_workload(100, sizes.nsq_messages[100]), ceiling_now)
+        for series in (uniform, workouts, single, single2, nsq_single, nsq_batch):
             for run in series.runs:
                 if not run["check"] or run.get("errors"):
                     failed = True
                     print(f"{series.name}: {run['check_text']} errors {run.get('errors')}", file=sys.stderr)
     finally:
         bench.close()
-    nsq = ("(d) NSQ 100k msgs of 1 / of 100", "not yet: the nsq branch has not landed on main",
-           "", "", "", "", "", "", "", "", "")
-    print(format_table([ceiling, uniform, workouts, bare, single, single2, nsq]))
+    print(format_table([ceiling, uniform, workouts, bare, single, single2, nsq_single, nsq_batch]))
     print(f"\nrounds: {sizes.rounds}; medians; ratios are medians of per-round ratios. psd and bare Klein on core "
           f"{PSD_CORE}, Redis and load generators on core {LOAD_CORE} (taskset); --workers 2 unpinned. (a)/(b) closed "
           f"loop (4/16 connections), (c) wrk -t1 -c{WRK_CONNECTIONS} (closed loop). Go 7,183 req/s is issue 5's figure "
-          f"(the Go psd is not on this machine). CPU us/pt: psd's user+system CPU per point acknowledged "
+          f"(the Go psd is not on this machine), as is Go's NSQ 5,099 msg/s; (d) is bench/nsq_ingest.py (unpinned, drains a "
+          f"backlog of {sizes.nsq_messages[1]:,} 1-point and {sizes.nsq_messages[100]:,} 100-point messages). CPU us/pt: psd's user+system CPU per point acknowledged "
           f"(all workers), the figure that other load on the machine disturbs least. psd runs with [http] "
           f"access_log = false. logs: {workdir}")
     if failed:
