@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	PYTHONPATH=. $(VENV)/bin/twistd -n --pidfile= psd
 
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) nsq
 	PYTHONPATH=. $(PY) -m twisted.trial -j2 tests
 
 unit: $(STAMP)
@@ -30,10 +30,10 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk >/dev/null; \
 	fi
 
-bench: system-deps $(STAMP)
+bench: system-deps $(STAMP) nsq
 	PYTHONPATH=. $(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .tools _trial_temp* build dist *.egg-info
 
--include mk/nsq.mk
+include mk/nsq.mk

@@ -11,5 +11,3 @@ $(NSQ_APPS): $(NSQ_BIN)/%: tools/nsq/go.mod tools/nsq/go.sum
 	@mkdir -p $(NSQ_BIN)
 	cd tools/nsq && $(GO) build -trimpath -o $(CURDIR)/$@ github.com/nsqio/nsq/apps/$*
 
-# The integration tests need the daemons: build them first when missing.
-test: nsq

@@ -17,11 +17,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from psd import compat, openapi
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
+from psd.leaderboard import board
 from psd.model import WriteUnit, group_parts
-from psd.reader import SumRequest
-from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part, metric_name,
-                            parse_point)
+from psd.reader import SumRequest, shifted_request
+from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
+from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
+                            metric_name, parse_count, parse_point)
 
 log = Logger()
 
@@ -76,8 +79,11 @@ def _answer_error(request, failure: Failure) -> Optional[bytes]:
 
 def _answer(request, status: int, body) -> bytes:
     request.setResponseCode(status)
-    content = json.dumps(body, separators=(",", ":")).encode()
-    request.setHeader(b"Content-Length", b"%d" % len(content))
+    if isinstance(body, bytes):  # a plain-text answer (the original psd's routes); the handler set its type
+        content = body
+    else:
+        content = json.dumps(body, separators=(",", ":")).encode()
+    request.setHeader(b"Content-Length", b"%d" % len(content))  # one write, no chunked framing
     return content
 
 
@@ -226,3 +232,242 @@ class API:
             shifted[integer_text(uid, "offsets uid", 0, MAX_ID)] = integer(
                 {"offset": offset}, "offset", -MAX_TS, MAX_TS)
         return shifted
+
+    # ---- Queries: series, leaderboards, global counts, the original psd's routes, OpenAPI ----
+    # Parsing and answer shapes live in psd.series, psd.leaderboard and psd.compat; these
+    # handlers only read request fields, call the reader or writer, and hand back the answer.
+
+    max_series_buckets = MAX_BUCKETS
+    _BOARD_FIELDS = frozenset({"uids", "metric", "atid", "from", "to", "offsets", "limit", "compare_to"})
+
+    @app.route("/v1/series", methods=["GET"])
+    @json_route
+    @defer.inlineCallbacks
+    def series(self, request):
+        args = _text_args(request)
+        uid = integer_text(args.get("uid"), "uid", 0, MAX_ID)
+        metric = metric_name(args.get("metric"), self._metrics)
+        atid = integer_text(args.get("atid", "0"), "atid", 0, MAX_ID)
+        start = integer_text(args.get("from"), "from", 0, MAX_TS)
+        end = integer_text(args.get("to"), "to", 0, MAX_TS)
+        tz = args.get("tz", "UTC")
+        plan = plan_series(start, end, args.get("step"), time_zone(tz), self.max_series_buckets)
+        fetched = yield self._reader.fetch_buckets(uid, atid, metric, plan.hashes)
+        values = sum_series(plan, fetched)
+        return {"step": args["step"], "tz": tz,
+                "series": [{"start": b.start, "end": b.end, "value": v} for b, v in zip(plan.buckets, values)]}
+
+    @app.route("/v1/leaderboard", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def leaderboard(self, request):
+        body = _json_object(request)
+        unknown = body.keys() - self._BOARD_FIELDS
+        if unknown:
+            raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
+        uids = self._uid_list(body.get("uids"))
+        metric = metric_name(body.get("metric"), self._metrics)
+        atid = integer(body, "atid", 0, MAX_ID, default=0)
+        start = integer(body, "from", 0, MAX_TS)
+        end = integer(body, "to", 0, MAX_TS)
+        if start > end:
+            raise InvalidInput("from must not be after to")
+        limit = integer(body, "limit", 1, self._max_uids, default=len(uids))
+        compare_to = integer(body, "compare_to", start, MAX_TS) if "compare_to" in body else None
+        offsets = self._offsets(body.get("offsets", {}))
+        windows = [(uid, end) for uid in uids] + ([(uid, compare_to) for uid in uids] if compare_to is not None else [])
+        values = yield self._sums_or_zero(
+            [shifted_request(uid, atid, metric, start, until, offsets.get(uid, 0)) for uid, until in windows])
+        now = dict(zip(uids, values[: len(uids)]))
+        then = dict(zip(uids, values[len(uids):])) if compare_to is not None else None
+        return board(now, then, limit)
+
+    @app.route("/v1/counts", methods=["POST"])
+    @json_route
+    def write_counts(self, request):
+        items = as_batch(decode_json(request.content.read()), self._max_points, "counts")
+        return self._submit(request, [parse_count(item, index) for index, item in enumerate(items)])
+
+    @app.route("/v1/count", methods=["GET"])
+    @json_route
+    @defer.inlineCallbacks
+    def read_counts(self, request):
+        args = _text_args(request)
+        names = list(dict.fromkeys(split_list(args.get("names"), "names")))
+        if len(names) > self._max_uids:
+            raise InvalidInput(f"at most {self._max_uids} names per query")
+        names = [compat.count_name(name) for name in names]
+        start = integer_text(args.get("from"), "from", 0, MAX_TS)
+        end = integer_text(args.get("to"), "to", 0, MAX_TS)
+        if start > end:
+            raise InvalidInput("from must not be after to")
+        sums = yield self._reader.count_sums(names, start, end)
+        return {"results": dict(zip(names, sums))}
+
+    @app.route("/v1/write", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def compat_write(self, request):
+        point = compat.write_point(decode_json(request.content.read()), self._metrics)
+        yield self._submit(request, [(None, point)])
+        return _plain(request, "ok")
+
+    @app.route("/v1/query/<uid>/<thing>/<atid>/<start_ts>/<end_ts>", methods=["GET"])
+    @json_route
+    @defer.inlineCallbacks
+    def compat_query(self, request, uid, thing, atid, start_ts, end_ts):
+        uid = integer_text(uid, "uid", 0, MAX_ID)
+        start, end = compat.window(start_ts, end_ts)
+        [total] = yield self._reader.sums([SumRequest(uid, compat.atid(atid), compat.thing(thing, self._metrics),
+                                                      start, end)])
+        return _plain(request, str(total))
+
+    @app.route("/v1/query_ids/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def compat_query_ids(self, request, thing, atid, start_ts, end_ts):
+        uids = compat.ids(_text_args(request).get("ids"), self._max_uids)
+        start, end = compat.window(start_ts, end_ts)
+        metric, atid = compat.thing(thing, self._metrics), compat.atid(atid)
+        sums = yield self._reader.sums([SumRequest(uid, atid, metric, start, end) for uid in uids])
+        return _plain(request, _go_json({str(uid): total for uid, total in zip(uids, sums)}))
+
+    @app.route("/v1/mu_query/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def compat_mu_query(self, request, thing, atid, start_ts, end_ts):
+        uids = compat.ids(_text_args(request).get("ids"), self._max_uids)
+        metric = compat.thing(thing, self._metrics)
+        sums, atids = yield self._sums_with_atids(uids, [metric], compat.atid(atid), *compat.window(start_ts, end_ts))
+        return _go_sorted({"values": {str(uid): sums[uid][metric] for uid in uids},
+                           "atids": {str(uid): atids[uid] for uid in uids}})
+
+    @app.route("/v1/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @json_route
+    def compat_mumt_query(self, request, atid, start_ts, end_ts):
+        return self._mumt(request, atid, start_ts, end_ts, with_offsets=False)
+
+    @app.route("/v2/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @json_route
+    def compat_mumt_query_v2(self, request, atid, start_ts, end_ts):
+        return self._mumt(request, atid, start_ts, end_ts, with_offsets=True)
+
+    @app.route("/v1/readcount/<thing>/<start_ts>/<end_ts>", methods=["GET"])
+    @json_route
+    @defer.inlineCallbacks
+    def compat_readcount(self, request, thing, start_ts, end_ts):
+        [total] = yield self._reader.count_sums([compat.count_name(thing)], *compat.window(start_ts, end_ts))
+        return _plain(request, str(total))
+
+    @app.route("/v1/readcount_with_ids/<prefix>/<start_ts>/<end_ts>", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def compat_readcount_with_ids(self, request, prefix, start_ts, end_ts):
+        names = compat.count_names(prefix, _text_args(request).get("ids"), self._max_uids)
+        sums = yield self._reader.count_sums(list(names.values()), *compat.window(start_ts, end_ts))
+        return _plain(request, _go_json(dict(zip(names, sums))))
+
+    @app.route("/openapi.json", methods=["GET"])
+    @json_route
+    def openapi_document(self, request):
+        return openapi.document(sorted(self._metrics), self._max_uids, self.max_series_buckets)
+
+    @defer.inlineCallbacks
+    def _mumt(self, request, atid, start_ts, end_ts, with_offsets: bool):
+        form = _text_args(request)
+        uids = compat.ids(form.get("ids"), self._max_uids)
+        metrics = compat.things(form.get("things"), self._metrics)
+        shifts = compat.offsets(form.get("offsets"), len(uids)) if with_offsets else [0] * len(uids)
+        sums, atids = yield self._sums_with_atids(uids, metrics, compat.atid(atid), *compat.window(start_ts, end_ts),
+                                                   dict(zip(uids, shifts)))
+        return _go_sorted(compat.mumt_answer(sums, atids, drop_idle=with_offsets))
+
+    @defer.inlineCallbacks
+    def _sums_with_atids(self, uids: list, metrics: list, atid: int, start: int, end: int, offsets=None):
+        """{uid: {metric: sum}} and {uid: [activity types that contributed]}, as the original answered.
+
+        Round one reads each user's total per metric and her set of activity
+        types together; round two reads, for the users with a total and more
+        than one type, the sums of all types but one (see compat.atids_to_read).
+        """
+        offsets = offsets or {}
+
+        def window_sums(pairs):
+            """{(uid, atid): [sum per metric]}."""
+            d = self._sums_or_zero([shifted_request(uid, a, metric, start, end, offsets.get(uid, 0))
+                                    for uid, a in pairs for metric in metrics])
+
+            def spread(flat):
+                flat = iter(flat)
+                return {pair: [next(flat) for _ in metrics] for pair in pairs}
+
+            return d.addCallback(spread)
+
+        members_d = self._reader.atids_of(uids) if not atid else defer.succeed({})
+        totals = yield window_sums([(uid, atid) for uid in uids])
+        members = yield members_d
+        plans = {uid: compat.atids_to_read(members.get(uid, set()), atid) for uid in uids if any(totals[(uid, atid)])}
+        own = yield window_sums([(uid, a) for uid, (to_read, _) in plans.items() for a in to_read])
+        sums, atids = {}, {}
+        for uid in uids:
+            sums[uid] = dict(zip(metrics, totals[(uid, atid)]))
+            if uid in plans:
+                to_read, derived = plans[uid]
+                atids[uid] = compat.contributing_atids(totals[(uid, atid)], {a: own[(uid, a)] for a in to_read}, derived)
+            else:
+                atids[uid] = []
+        return sums, atids
+
+    def _sums_or_zero(self, requests: list) -> defer.Deferred:
+        """Sums in order; 0 where the request is None (a window shifted out of the stored range)."""
+        d = self._reader.sums([r for r in requests if r is not None])
+
+        def spread(found):
+            found = iter(found)
+            return [0 if r is None else next(found) for r in requests]
+
+        return d.addCallback(spread)
+
+    def _submit(self, request, keyed: list) -> defer.Deferred:
+        """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates."""
+        d = self._writer.submit(WriteUnit(group_parts(keyed, self._idempotency_key(request))))
+        return d.addCallback(lambda result: {"written": result.written, "duplicates": result.duplicates})
+
+    def _uid_list(self, uids) -> list[int]:
+        if not isinstance(uids, list) or not uids:
+            raise InvalidInput("uids must be a non-empty list of user ids")
+        if len(uids) > self._max_uids:
+            raise InvalidInput(f"at most {self._max_uids} uids per query")
+        return list(dict.fromkeys(integer({"uids": uid}, "uids", 0, MAX_ID) for uid in uids))
+
+
+def _text_args(request) -> dict[str, str]:
+    """Query-string and form fields (the last value of each), as text."""
+    try:
+        return {k.decode(): v[-1].decode("utf-8") for k, v in request.args.items()}
+    except UnicodeDecodeError:
+        raise InvalidInput("query and form fields must be UTF-8") from None
+
+
+def _json_object(request) -> dict:
+    body = decode_json(request.content.read())
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _plain(request, text: str) -> bytes:
+    """A text/plain answer, as the original psd's gin ``c.String`` gave."""
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return text.encode()
+
+
+def _go_sorted(value):
+    """Objects with their keys in Go's encoding/json order (sorted), so answers match byte for byte."""
+    if isinstance(value, dict):
+        return {key: _go_sorted(value[key]) for key in sorted(value)}
+    return value
+
+
+def _go_json(value) -> str:
+    return json.dumps(_go_sorted(value), separators=(",", ":"))

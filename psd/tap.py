@@ -12,6 +12,7 @@ from psd import config
 from psd.api import API, is_write
 from psd.embedded import EmbeddedRedis
 from psd.keys import Layout
+from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
@@ -25,6 +26,8 @@ class Options(usage.Options):
     longdesc = "psd, the Point Space Daemon: activity metrics summed at every calendar granularity."
     optParameters = [
         ["config", "c", None, "Path of a settings file (see conf/settings.toml.dist)."],
+        ["role", None, None, "all (HTTP and NSQ), server (HTTP only) or worker (NSQ only); "
+                             "default: all when NSQ is configured, else server."],
         ["http", None, None, "HTTP server endpoint, e.g. tcp:1155:interface=127.0.0.1 (overrides [http] listen)."],
         ["redis", None, None, "redis://host:port/db, unix:///path.sock, or embedded (overrides [redis] url)."],
         ["data-dir", None, None, "Data directory of the embedded store (overrides [embedded] data_dir)."],
@@ -37,6 +40,18 @@ class Options(usage.Options):
         self.argv = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
 
+    def __init__(self):
+        super().__init__()
+        self.nsqd, self.lookupd = [], []
+
+    def opt_nsqd(self, address: str) -> None:
+        """nsqd TCP address HOST:PORT to consume from (repeatable; overrides [nsq] nsqd_tcp_addresses)."""
+        self.nsqd.append(address)
+
+    def opt_lookupd(self, url: str) -> None:
+        """nsqlookupd HTTP address to discover nsqd (repeatable; overrides [nsq] lookupd_http_addresses)."""
+        self.lookupd.append(url)
+
     def postOptions(self) -> None:
         try:
             settings = config.load(self["config"])
@@ -44,6 +59,10 @@ class Options(usage.Options):
                                             "data-dir": ("embedded", "data_dir")}.items():
                 if self[option] is not None:
                     settings.set(section, name, self[option])
+            for values, name in ((self.nsqd, "nsqd_tcp_addresses"), (self.lookupd, "lookupd_http_addresses")):
+                if values:
+                    settings.set("nsq", name, values)
+            self.role = _role(self["role"], settings.nsq)
             if settings.redis["url"] != "embedded":
                 RedisAddress(settings.redis["url"])
             self.write_token = _write_token(settings.http)
@@ -52,6 +71,16 @@ class Options(usage.Options):
         except (config.SettingsError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings
+
+
+def _role(role, nsq: dict) -> str:
+    has_nsq = bool(nsq["nsqd_tcp_addresses"] or nsq["lookupd_http_addresses"])
+    role = role or ("all" if has_nsq else "server")
+    if role not in ("all", "server", "worker"):
+        raise config.SettingsError(f"--role must be all, server or worker, not {role!r}")
+    if role in ("all", "worker") and not has_nsq:
+        raise config.SettingsError(f"--role {role} needs NSQ: give --nsqd or --lookupd, or [nsq] addresses")
+    return role
 
 
 def _write_token(http: dict) -> str:
@@ -122,11 +151,38 @@ class WriterService(Service):
         return self.writer.whenIdle()
 
 
+class StopInOrder(MultiService):
+    """Stops its services one after the other, last added first.
+
+    MultiService stops them all at once; psd needs HTTP and NSQ to stop taking
+    work, then the writer to finish what it accepted, and only then the store.
+    """
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield service.stopService()
+            except Exception:
+                Logger().failure("stopping {service} failed", service=service.name)
+
+
+def _nsq_consumer(reactor, writer, metrics, nsq: dict) -> NSQConsumer:
+    return NSQConsumer(reactor, writer, metrics, topic=nsq["topic"], channel=nsq["channel"],
+                       nsqd_tcp_addresses=tuple(nsq["nsqd_tcp_addresses"]),
+                       lookupd_http_addresses=tuple(nsq["lookupd_http_addresses"]),
+                       max_in_flight=nsq["max_in_flight"], max_attempts=nsq["max_attempts"],
+                       dead_letter_topic=nsq["dead_letter_topic"], msg_timeout=nsq["msg_timeout"],
+                       heartbeat_interval=nsq["heartbeat_interval"], lookupd_poll_interval=nsq["lookupd_poll_interval"],
+                       backoff_max=nsq["backoff_max"], stop_timeout=nsq["stop_timeout"])
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     settings = options.settings
-    root = MultiService()
+    root = StopInOrder()
 
     redis_url = settings.redis["url"]
     if redis_url == "embedded":
@@ -144,12 +200,24 @@ def makeService(options: Options, reactor=None) -> MultiService:
     WriterService(writer).setServiceParent(root)
     reader = Reader(store, layout, settings.query["max_reads_per_call"])
 
+    metrics = metric_names(settings.metrics["names"])
+    health_checks = {}
+    if options.role in ("all", "worker"):
+        consumer = _nsq_consumer(reactor, writer, metrics, settings.nsq)
+        consumer.setName("nsq")
+        consumer.setServiceParent(root)
+        health_checks["nsq"] = lambda: (any(c["state"] == "subscribed" for c in consumer.status()), consumer.status())
+    if options.role == "worker":
+        return root
+
     h = settings.http
-    api = API(writer, reader, store, metric_names(settings.metrics["names"]),
-              max_points=h["max_points"], max_uids=settings.query["max_uids"])
+    api = API(writer, reader, store, metrics, max_points=h["max_points"], max_uids=settings.query["max_uids"],
+              health_checks=health_checks)
     guarded = TokenGuard(api.resource(), is_write, options.write_token, h["read_token"])
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
-                       max_connections=h["max_connections"], access_log=h["access_log"])
+                       max_connections=h["max_connections"])
+    if not h["access_log"]:
+        site.log = lambda request: None  # one log line per request costs about as much as a query
     http = http_service(reactor, h["listen"], site, options["workers"], options["inherited-fd"],
                         options.argv + ["--redis", redis_url])
     http.setName("http")

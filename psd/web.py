@@ -116,18 +116,13 @@ class GuardedSite(server.Site):
     displayTracebacks = False
 
     def __init__(self, root, reactor, max_body_bytes: int, request_timeout: float, max_connections: int,
-                 idle_timeout: float = 60.0, access_log: bool = True):
+                 idle_timeout: float = 60.0):
         # psd speaks JSON only: parsing form bodies (via email.message, ~10% of a small request) is waste.
         super().__init__(root, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.open_connections = 0
-        self.access_log = access_log
-
-    def log(self, request) -> None:
-        if self.access_log:
-            super().log(request)
 
     def buildProtocol(self, addr):
         if self.open_connections >= self.max_connections:

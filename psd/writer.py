@@ -42,6 +42,7 @@ class Writer:
         self._timer = None
         self._ready: deque = deque()
         self._in_flight = 0
+        self._sending = False
         self.queued_points = 0
         #: write-script calls sent, for the benchmarks' commands-per-point figure
         self.calls = 0
@@ -99,10 +100,18 @@ class Writer:
         self._send_ready()
 
     def _send_ready(self) -> None:
-        while self._ready and self._in_flight < self._max_in_flight:
-            batch, waiters = self._ready.popleft()
-            self._in_flight += 1
-            self._apply(batch, waiters).addBoth(self._call_done)
+        # A call that fails at once (Redis down) ends inside this loop and calls
+        # back here: the flag keeps that a loop instead of a recursion as deep as the queue.
+        if self._sending:
+            return
+        self._sending = True
+        try:
+            while self._ready and self._in_flight < self._max_in_flight:
+                batch, waiters = self._ready.popleft()
+                self._in_flight += 1
+                self._apply(batch, waiters).addBoth(self._call_done)
+        finally:
+            self._sending = False
 
     def _call_done(self, _) -> None:
         self._in_flight -= 1

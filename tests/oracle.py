@@ -37,12 +37,20 @@ def expected_fields(points: list[dict], prefix: str = "hz") -> Counter:
 
 @defer.inlineCallbacks
 def observed_fields(store, prefix: str = "hz") -> Counter:
+    """Every field of every time-bucket hash (SCAN, then HGETALLs 200 at a time)."""
     observed: Counter = Counter()
-    keys = yield store.command("KEYS", f"{prefix}:[0-9]*")
-    for key in keys:
-        flat = yield store.command("HGETALL", key)
-        for field, value in zip(flat[::2], flat[1::2]):
-            observed[(key, field)] = int(value)
+    cursor, keys = "0", []
+    while True:
+        cursor, batch = yield store.command("SCAN", cursor, "MATCH", f"{prefix}:[0-9]*", "COUNT", 5000)
+        keys += batch
+        if cursor == "0":
+            break
+    for first in range(0, len(keys), 200):
+        chunk = keys[first:first + 200]
+        replies = yield defer.gatherResults([store.command("HGETALL", key) for key in chunk])
+        for key, flat in zip(chunk, replies):
+            for field, value in zip(flat[::2], flat[1::2]):
+                observed[(key, field)] = int(value)
     return observed
 
 

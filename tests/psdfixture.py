@@ -49,11 +49,12 @@ class RunningPsd(HttpClient):
 
 
 @defer.inlineCallbacks
-def started_psd(testcase, server: RedisServer, *extra_args: str):
+def started_psd(testcase, server: RedisServer, *extra_args: str, backlog: int = 50):
     """Start psd (HTTP on a free port) on ``server``; stopped at cleanup."""
     port = free_port()
     options = Options()
-    options.parseOptions(["--redis", server.url, "--http", f"tcp:{port}:interface=127.0.0.1", *extra_args])
+    options.parseOptions(["--redis", server.url, "--http", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}",
+                          *extra_args])
     service = makeService(options, reactor)
     service.startService()
     testcase.addCleanup(service.stopService)

@@ -68,6 +68,20 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(options, MemoryReactorClock())
         self.assertEqual([s.name for s in service], ["embedded-store", "store", "writer", "http"])
 
+    def test_roles(self):
+        def names(*args):
+            options = Options()
+            options.parseOptions(["--redis", "redis://127.0.0.1:1/0", *args])
+            return [s.name for s in makeService(options, MemoryReactorClock())]
+
+        self.assertEqual(names("--nsqd", "127.0.0.1:4150"), ["store", "writer", "nsq", "http"])
+        self.assertEqual(names("--lookupd", "http://127.0.0.1:4161", "--role", "worker"), ["store", "writer", "nsq"])
+        self.assertEqual(names("--nsqd", "127.0.0.1:4150", "--role", "server"), ["store", "writer", "http"])
+        for args, fragment in ((("--role", "worker"), "--role worker needs NSQ"),
+                               (("--role", "both"), "--role must be all, server or worker")):
+            e = self.assertRaises(usage.UsageError, names, *args)
+            self.assertIn(fragment, str(e))
+
     def test_plugin_is_found(self):
         from twisted.plugin import IPlugin, getPlugins
         from twisted.application.service import IServiceMaker

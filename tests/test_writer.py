@@ -123,3 +123,27 @@ class WriterTests(SynchronousTestCase):
         self.store.calls[0][2].callback([0])
         self.successResultOf(d)
         self.successResultOf(idle)
+
+
+class DownAfterFirstCall:
+    """The first call hangs until the test fails it; every later one fails at once."""
+
+    def __init__(self):
+        self.first = None
+
+    def write(self, keys, args):
+        if self.first is None:
+            self.first = defer.Deferred()
+            return self.first
+        return defer.fail(StoreUnavailable("down"))
+
+
+class SynchronousFailureTests(SynchronousTestCase):
+    def test_a_long_queue_failing_at_once_does_not_recurse(self):
+        store = DownAfterFirstCall()
+        writer = Writer(Clock(), store, Layout(), max_batch_points=1, max_queue_points=10**6, max_in_flight=1)
+        units = [writer.submit(unit()) for _ in range(5000)]  # one call in flight, 4,999 batches waiting
+        store.first.errback(StoreUnavailable("down"))
+        for d in units:
+            self.failureResultOf(d, StoreUnavailable)
+        self.assertEqual(writer.pending(), 0)

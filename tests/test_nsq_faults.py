@@ -1,0 +1,121 @@
+"""psd killed or stopped while NSQ messages flow: 0 lost, 0 doubled, against the oracle.
+
+psd runs as the real `twistd psd` process on real nsqd and redis-server.
+NSQ delivers at least once; the write script's message-id keys make the
+effect exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from tests.nsqfixture import NSQD
+from tests.oracle import compare, expected_fields, observed_fields
+from tests.processfixture import PsdProcess
+from tests.redisfixture import RedisServer, free_port, started_store
+
+TS = 1458061005
+
+
+def messages(count: int) -> list[dict]:
+    return [{"uid": i % 97, "atid": i % 3, "metric": "points", "value": i % 7 + 1, "ts": TS + (i * 37) % 86400}
+            for i in range(count)]
+
+
+class NSQFaultTestCase(TestCase):
+    timeout = 600
+    extra_config = ""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.redis = RedisServer(self, appendonly=True)
+        yield self.redis.start()
+        self.store = yield started_store(self, self.redis)
+        self.nsqd = NSQD(self)
+        yield self.nsqd.start()
+        yield self.nsqd.create_channel("psd", "psd")
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        config = os.path.join(workdir, "psd.toml")
+        with open(config, "w") as f:
+            f.write(f'[nsq]\nnsqd_tcp_addresses = ["{self.nsqd.tcp_address}"]\nmsg_timeout = 3.0\n'
+                    "heartbeat_interval = 1.0\nbackoff_max = 1.0\nmax_in_flight = 500\nstop_timeout = 20.0\n"
+                    + self.extra_config)
+        self.psd = PsdProcess(self, workdir, free_port(), "--config", config, "--redis", self.redis.url)
+
+    @defer.inlineCallbacks
+    def publish(self, points: list[dict], batch: int = 5000):
+        for first in range(0, len(points), batch):
+            yield self.nsqd.mpub("psd", [json.dumps(p).encode() for p in points[first:first + batch]])
+
+    @defer.inlineCallbacks
+    def check_oracle(self, points: list[dict], name: str, **extra):
+        stats = yield self.nsqd.wait_drained("psd", "psd", timeout=300)
+        observed = yield observed_fields(self.store)
+        result = compare(expected_fields(points), observed)
+        print(f"\n[{name}] {len(points)} messages: {result}; {extra}; nsqd requeued {stats['requeue_count']}, "
+              f"timed out {stats['timeout_count']}")
+        self.assertEqual((result["lost"], result["doubled"], result["levels_disagreeing"]), (0, 0, 0))
+        return stats
+
+    def processed(self):
+        return self.nsqd.channel_stats("psd", "psd")
+
+
+class KillTests(NSQFaultTestCase):
+    @defer.inlineCallbacks
+    def test_kill_9_every_few_seconds_while_100k_messages_flow(self):
+        points = messages(100_000)
+        self.psd.start()
+        publishing = self.publish(points)
+        kills = 0
+        while True:
+            yield task.deferLater(reactor, 2.0, lambda: None)
+            stats = yield self.processed()
+            if publishing.called and not (stats["depth"] or stats["in_flight_count"]):
+                break
+            self.psd.kill(signal.SIGKILL)
+            kills += 1
+            self.psd.start(healthy=False)
+        yield publishing
+        self.assertGreaterEqual(kills, 3)
+        stats = yield self.check_oracle(points, "psd kill -9 under NSQ", kills=kills)
+        self.assertGreater(stats["timeout_count"] + stats["requeue_count"], 0)
+
+
+class GracefulStopTests(NSQFaultTestCase):
+    @defer.inlineCallbacks
+    def test_sigterm_under_load_drains(self):
+        points = messages(40_000)
+        self.psd.start()
+        yield self.publish(points)
+        yield task.deferLater(reactor, 1.5, lambda: None)
+        before = yield self.processed()
+        self.assertGreater(before["depth"], 0)
+        self.psd.kill(signal.SIGTERM)
+        after = yield self.processed()
+        self.psd.start()
+        stats = yield self.check_oracle(points, "psd SIGTERM under NSQ")
+        self.assertEqual((after["in_flight_count"], stats["timeout_count"]), (0, 0))
+
+
+class SlowWriteTests(NSQFaultTestCase):
+    extra_config = "[redis]\nreply_timeout = 20.0\n"
+
+    @defer.inlineCallbacks
+    def test_writes_slower_than_msg_timeout_count_once(self):
+        """Redis stalls longer than msg_timeout: nsqd redelivers what psd is still writing; counted once."""
+        points = messages(20_000)
+        self.psd.start()
+        yield self.publish(points)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.redis.kill(signal.SIGSTOP)
+        yield task.deferLater(reactor, 7.0, lambda: None)
+        self.redis.kill(signal.SIGCONT)
+        stats = yield self.check_oracle(points, "writes slower than msg_timeout")
+        self.assertGreater(stats["timeout_count"], 0)
