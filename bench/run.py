@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ PROBE_COMMANDS = {"info", "eval", "slowlog", "config", "flushall", "ping", "scri
 
 
 GO_NSQ_WORKER = 5099  # issue 5: the Go psd's NSQ worker, one-point messages/s
+WRK_CONNECTIONS = 32
 
 
 @dataclass
@@ -291,9 +293,6 @@ class Bench:
                 if errors or socket_errors else {}}
 
 
-WRK_CONNECTIONS = 32
-
-
 def nsq_workload(points_per_message: int, messages: int) -> dict:
     """(d) bench/nsq_ingest.py: its own nsqd and Redis, psd's consumer and writer in its process."""
     output = subprocess.run(
@@ -314,8 +313,6 @@ class RssSampler:
     """Peak RSS of a process tree, sampled every 100 ms from a thread."""
 
     def __init__(self, pids: list):
-        import threading
-
         self._pids = pids
         self.peak = rss_bytes(pids)
         self._stopped = threading.Event()
@@ -392,9 +389,6 @@ def format_table(rows: list) -> str:
               "script us avg/max", "RSS MB", "totals")
     lines = [header]
     for row in rows:
-        if isinstance(row, tuple):
-            lines.append(row)
-            continue
         ratio = statistics.median(row.ratios) if row.ratios else None
         script = row.median("script_us")
         script_max = max((run["script_max_us"] for run in row.runs if run.get("script_max_us")), default=None)
