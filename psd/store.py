@@ -66,8 +66,40 @@ class RedisAddress:
         options = dict(dbid=self.db or None, poolsize=poolsize, password=self.password, replyTimeout=reply_timeout,
                        connectTimeout=connect_timeout, convertNumbers=False)
         if self.path:
-            return txredisapi.lazyUnixConnectionPool(self.path, **options)
-        return txredisapi.lazyConnectionPool(self.host, self.port, **options)
+            pool = txredisapi.lazyUnixConnectionPool(self.path, **options)
+        else:
+            pool = txredisapi.lazyConnectionPool(self.host, self.port, **options)
+        pool._factory.protocol = FastEncodingProtocol  # before the reactor runs the connection attempts
+        return pool
+
+
+class FastEncodingProtocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol with a leaner command encoder.
+
+    A write-script call carries thousands of keys; txredisapi encodes each
+    argument through a chain of type checks (a quarter of psd's CPU on
+    batch traffic).  Strings, bytes and ints are encoded here exactly as it
+    would; anything else goes to its encoder.
+    """
+
+    def _build_command(self, *args, **kwargs) -> bytes:
+        parts = [b"*%d\r\n" % len(args)]
+        append = parts.append
+        for arg in args:
+            kind = type(arg)
+            if kind is str:
+                try:
+                    data = arg.encode(self.charset, self.errors)
+                except UnicodeEncodeError:
+                    data = self._encode_value(arg)  # raises txredisapi's InvalidData
+            elif kind is bytes:
+                data = arg
+            elif kind is int:
+                data = b"%d" % arg
+            else:
+                data = self._encode_value(arg)
+            append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(parts)
 
 
 class RedisStore:
