@@ -2,7 +2,7 @@
 
 A script call is capped at ``max_reads_per_call`` hash reads so that a
 10,000-user leaderboard never blocks Redis for long; calls are sent together
-(txredisapi pipelines them) and summed exactly in Python.
+(txredisapi pipelines them); the script sums exactly and answers in decimal.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple, Optional
 
-import msgpack
+from msgpack import packb
 from twisted.internet import defer
 
 from psd.buckets import decompose
 from psd.keys import Layout
-from psd.store import parse_sums
+from psd.store import EncodedArgs, parse_sums
 from psd.validation import MAX_TS
 
 
@@ -41,6 +41,19 @@ def _reads(start: int, end: int):
     return tuple(decompose(start, end))
 
 
+@lru_cache(maxsize=4096)
+def _template(start: int, end: int) -> tuple[tuple[bytes, ...], list[str]]:
+    """The hash buckets [start, end] reads, and their field ranges as the read script takes them."""
+    reads = _reads(start, end)
+    return tuple(r.bucket.encode() for r in reads), [f for r in reads for f in (r.first or "", r.last or "")]
+
+
+@lru_cache(maxsize=4096)
+def _keys_format(buckets: tuple[bytes, ...], prefix_length: int) -> bytes:
+    """RESP for the keys ``prefix + bucket``, with ``%s`` where each prefix goes."""
+    return b"".join(b"$%d\r\n%%s%s\r\n" % (prefix_length + len(bucket), bucket) for bucket in buckets)
+
+
 class Reader:
     def __init__(self, store, layout: Layout, max_reads_per_call: int = 2000):
         self._store = store
@@ -49,20 +62,17 @@ class Reader:
 
     def hash_reads(self, request: SumRequest) -> list[tuple[str, str, str]]:
         """(hash key, first field, last field) per read; '' fields = the whole hash."""
-        return self._range_reads(self._layout.hash_prefix(request.uid, request.atid, request.metric),
-                                 request.start, request.end)
-
-    @staticmethod
-    def _range_reads(prefix: str, start: int, end: int) -> list[tuple[str, str, str]]:
-        return [(prefix + r.bucket, r.first or "", r.last or "") for r in _reads(start, end)]
+        prefix = self._layout.hash_prefix(request.uid, request.atid, request.metric)
+        return [(prefix + r.bucket, r.first or "", r.last or "") for r in _reads(request.start, request.end)]
 
     def sums(self, requests: list[SumRequest]) -> defer.Deferred:
         """Exact sums, in the order of ``requests``."""
-        return self.sum_reads([self.hash_reads(request) for request in requests])
+        prefix = self._layout.hash_prefix
+        return self._sum_windows([(prefix(r.uid, r.atid, r.metric), r.start, r.end) for r in requests])
 
     def count_sums(self, names: list[str], start: int, end: int) -> defer.Deferred:
         """Exact sums of global counters (``c:{name}:{bucket}``) over [start, end], in order."""
-        return self.sum_reads([self._range_reads(self._layout.count_prefix_of(name), start, end) for name in names])
+        return self._sum_windows([(self._layout.count_prefix_of(name), start, end) for name in names])
 
     def fetch_buckets(self, uid: int, atid: int, metric: str, buckets: list[str]) -> defer.Deferred:
         """HGETALL of each bucket's hash, sent together: {bucket: {field: int}}.
@@ -89,30 +99,38 @@ class Reader:
         d.addErrback(_first_error)
         return d
 
-    def sum_reads(self, groups: list[list[tuple[str, str, str]]]) -> defer.Deferred:
-        """One exact sum per group of (hash key, first, last) reads."""
-        calls, keys, index, args, reads = [], [], {}, [], 0
-        for group in groups:
-            if reads + len(group) > self._max_reads and args:
-                calls.append((keys, args))
-                keys, index, args, reads = [], {}, [], 0
-            flat = []
-            for key, first, last in group:
-                j = index.get(key)
-                if j is None:
-                    keys.append(key)
-                    j = index[key] = len(keys)
-                flat += (j, first, last)
-            args.append(flat)
-            reads += len(group)
-        if args:
-            calls.append((keys, args))
+    def _sum_windows(self, windows: list[tuple[str, int, int]]) -> defer.Deferred:
+        """One exact sum per (key prefix, start, end), in script calls of at most
+        ``max_reads_per_call`` hash reads (one call is enough for most queries).
+
+        Requests over the same window share one template of field ranges, so a
+        call carries each window's ranges once, and its keys pre-encoded.
+        """
+        calls = []
+        chunks, templates, index, runs, reads, last = [], [], {}, [], 0, 0
+        for prefix, start, end in windows:
+            buckets, fields = _template(start, end)
+            width = len(buckets)
+            if reads + width > self._max_reads and chunks:
+                calls.append((EncodedArgs(b"".join(chunks), reads), [packb(templates), packb(runs)]))
+                chunks, templates, index, runs, reads, last = [], [], {}, [], 0, 0
+            t = index.get((start, end))
+            if t is None:
+                templates.append(fields)
+                t = index[(start, end)] = len(templates)
+            if t == last:
+                runs[-1] += 1
+            else:
+                runs += (t, 1)
+                last = t
+            encoded = prefix.encode()
+            chunks.append(_keys_format(buckets, len(encoded)) % ((encoded,) * width))
+            reads += width
+        if chunks:
+            calls.append((EncodedArgs(b"".join(chunks), reads), [packb(templates), packb(runs)]))
         if len(calls) == 1:  # the common case: no gathering needed
-            return self._store.read(calls[0][0], [msgpack.packb(calls[0][1])]).addCallback(parse_sums)
-        d = defer.gatherResults(
-            [self._store.read(call_keys, [msgpack.packb(call_args)]) for call_keys, call_args in calls],
-            consumeErrors=True,
-        )
+            return self._store.read(*calls[0]).addCallback(parse_sums)
+        d = defer.gatherResults([self._store.read(keys, args) for keys, args in calls], consumeErrors=True)
         d.addCallback(lambda replies: [total for reply in replies for total in parse_sums(reply)])
         d.addErrback(_first_error)
         return d
