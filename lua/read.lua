@@ -5,7 +5,10 @@
 -- ARGV[1]    msgpack {template, ...}; a template is the field ranges of one group,
 --            {first, last, first, last, ...}, one pair per hash read: first == ''
 --            means every field of the hash (a whole year), first == last one field,
---            else fields first..last inclusive (same width: string order is time order)
+--            else fields first..last inclusive (same width: string order is time order);
+--            '+first' is such a range whose whole-hash sum is also remembered, and
+--            '=field' (last '') adds that field of the hash and subtracts the sums
+--            remembered since the last '=' (a big range read as total minus edges)
 -- ARGV[2]    msgpack {t, n, t, n, ...}: the next n groups follow template t, each
 --            taking as many KEYS as t has pairs
 -- Returns one string, the sums separated by ',' as exact decimal integers.  Lua
@@ -41,14 +44,27 @@ for r = 1, #runs, 2 do
   local t = templates[runs[r]]
   local pairs_in_t = #t
   for _ = 1, runs[r + 1] do
-    local high, low = 0, 0
+    local high, low, whole_high, whole_low = 0, 0, 0, 0
     for i = 1, pairs_in_t, 2 do
       k = k + 1
       local first, last = t[i], t[i + 1]
       local key = KEYS[k]
-      if first == '' then
+      local mark = byte(first, 1)
+      if mark == nil then
         local values = call('HVALS', key)
         for j = 1, #values do high, low = add(values[j], high, low) end
+      elseif mark == 43 then  -- '+first': a range, and remember the whole hash's sum
+        local all = call('HGETALL', key)
+        first = sub(first, 2)
+        for j = 1, #all, 2 do
+          local f, v = all[j], all[j + 1]
+          if f >= first and f <= last then high, low = add(v, high, low) end
+          whole_high, whole_low = add(v, whole_high, whole_low)
+        end
+      elseif mark == 61 then  -- '=field': that field of this (parent) hash, minus what '+' remembered
+        local v = call('HGET', key, sub(first, 2))
+        if v then high, low = add(v, high, low) end
+        high, low, whole_high, whole_low = high - whole_high, low - whole_low, 0, 0
       elseif first == last then
         local v = call('HGET', key, first)
         if v then high, low = add(v, high, low) end

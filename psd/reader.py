@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 from msgpack import packb
 from twisted.internet import defer
 
-from psd.buckets import decompose
+from psd.buckets import YEAR, bucket_end, bucket_of, bucket_start, decompose, next_bucket_start
 from psd.keys import Layout
 from psd.store import EncodedArgs, parse_sums
 from psd.validation import MAX_TS
@@ -43,9 +43,47 @@ def _reads(start: int, end: int):
 
 @lru_cache(maxsize=4096)
 def _template(start: int, end: int) -> tuple[tuple[bytes, ...], list[str]]:
-    """The hash buckets [start, end] reads, and their field ranges as the read script takes them."""
-    reads = _reads(start, end)
-    return tuple(r.bucket.encode() for r in reads), [f for r in reads for f in (r.first or "", r.last or "")]
+    """The hashes [start, end] reads, and their field ranges as the read script takes them.
+
+    A range read of a big hash (the 29 whole days of a "last 30 days" in the
+    month hash) costs Redis an HGETALL of every field.  When the only fields
+    it leaves out are children that are read anyway, at the window's edges,
+    it is cheaper as the hash's own total (one HGET of its field in the parent
+    hash) minus those children's whole-hash sums, which the HGETALL of each
+    child yields for free: ``=field`` reads the parent's field and subtracts
+    the ``+first`` reads just before it (the same data: every write adds to all
+    five levels in one script).
+    """
+    reads = [(r.bucket, r.first or "", r.last or "") for r in _reads(start, end)]
+    ranged = {bucket: i for i, (bucket, first, last) in enumerate(reads) if first and first != last}
+    kept, complements = set(), []
+    for i in sorted(ranged.values(), key=lambda i: len(reads[i][0])):  # coarsest first
+        bucket, first, last = reads[i]
+        if len(bucket) == YEAR or i in kept:
+            continue
+        width = len(bucket) + 2
+        lowest, highest = bucket_of(bucket_start(bucket), width), bucket_of(bucket_end(bucket), width)
+        outside = []
+        if first != lowest:
+            outside.append(bucket_of(bucket_start(first) - 1, width))
+        if last != highest:
+            outside.append(bucket_of(next_bucket_start(last), width))
+        if not outside or (first != lowest and outside[0] != lowest) or (last != highest and outside[-1] != highest):
+            continue  # more than one child left out on a side: they are not all read anyway
+        if not all(child in ranged and ranged[child] not in kept for child in outside):
+            continue
+        children = [ranged[child] for child in outside]
+        kept.update(children)
+        complements.append((i, children))
+    converted = {i for i, _ in complements} | kept
+    entries = [reads[i] for i in range(len(reads)) if i not in converted]
+    for i, children in complements:
+        for c in children:
+            bucket, first, last = reads[c]
+            entries.append((bucket, "+" + first, last))
+        bucket = reads[i][0]
+        entries.append((bucket[:-2], "=" + bucket, ""))
+    return tuple(bucket.encode() for bucket, _, _ in entries), [f for _, first, last in entries for f in (first, last)]
 
 
 @lru_cache(maxsize=4096)
