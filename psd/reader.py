@@ -131,10 +131,10 @@ class Reader:
 
     def atids_of(self, uids: list[int]) -> defer.Deferred:
         """{uid: set of the activity types the user has written} (the write script keeps them)."""
-        d = defer.gatherResults([self._store.command("SMEMBERS", self._layout.atids_key(uid)) for uid in uids],
-                                consumeErrors=True)
+        if not uids:
+            return defer.succeed({})
+        d = self._store.members([self._layout.atids_key(uid) for uid in uids])
         d.addCallback(lambda replies: {uid: {int(m) for m in members} for uid, members in zip(uids, replies)})
-        d.addErrback(_first_error)
         return d
 
     def _sum_windows(self, windows: list[tuple[str, int, int]]) -> defer.Deferred:

@@ -122,6 +122,7 @@ class RedisStore:
         self._read_pool = read_pool
         self.write_script = Script("write")
         self.read_script = Script("read")
+        self.members_script = Script("members")
         self._pools: dict = {}
 
     def start(self) -> None:
@@ -158,17 +159,22 @@ class RedisStore:
     @defer.inlineCallbacks
     def load_scripts(self):
         """SCRIPT LOAD both scripts (also done lazily on NOSCRIPT)."""
-        for script in (self.write_script, self.read_script):
+        for script in (self.write_script, self.read_script, self.members_script):
             sha = yield self._command("write", "SCRIPT", "LOAD", script.source)
             if sha != script.sha:
                 raise RuntimeError(f"Redis hashed lua/{script.name}.lua as {sha}, expected {script.sha}")
-        return [self.write_script.sha, self.read_script.sha]
+        return [self.write_script.sha, self.read_script.sha, self.members_script.sha]
 
     def write(self, keys: list, args: list) -> defer.Deferred:
         return self._evalsha("write", self.write_script, keys, args)
 
     def read(self, keys: list, args: list) -> defer.Deferred:
         return self._evalsha("read", self.read_script, keys, args)
+
+    def members(self, keys: list) -> defer.Deferred:
+        """The members of each set in ``keys``: a list of lists of str, in order."""
+        d = self._evalsha("read", self.members_script, keys, [])
+        return d.addCallback(lambda reply: [part.split(",") if part else [] for part in reply.split(";")])
 
     def ping(self) -> defer.Deferred:
         return self._command("read", "PING")
