@@ -20,7 +20,7 @@ from psd import compat, openapi
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.leaderboard import board
 from psd.model import WriteUnit, group_parts
-from psd.reader import SumRequest, shifted_request
+from psd.reader import SumRequest, gathered
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
 from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
                             metric_name, parse_count, parse_point)
@@ -165,19 +165,11 @@ class API:
     @app.route("/v1/sum", methods=["POST"])
     @json_route
     def sum_post(self, request):
-        body = decode_json(request.content.read())
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
-        return self._sum(body)
+        return self._sum(_json_object(request))
 
     @defer.inlineCallbacks
     def _sum(self, query: dict):
-        uids = query.get("uids")
-        if not isinstance(uids, list) or not uids:
-            raise InvalidInput("uids must be a non-empty list of user ids")
-        if len(uids) > self._max_uids:
-            raise InvalidInput(f"at most {self._max_uids} uids per query")
-        uids = [integer({"uids": uid}, "uids", 0, MAX_ID) for uid in uids]
+        uids = self._uid_list(query.get("uids"))
         metrics = query.get("metrics")
         if not isinstance(metrics, list) or not metrics:
             raise InvalidInput("metrics must be a non-empty list")
@@ -188,18 +180,8 @@ class API:
         if start > end:
             raise InvalidInput("from must not be after to")
         offsets = self._offsets(query.get("offsets", {}))
-        uids = list(dict.fromkeys(uids))
-        requests = []
-        for uid in uids:
-            offset = offsets.get(uid, 0)
-            window = (max(0, start + offset), min(MAX_TS, end + offset))
-            for metric in metrics:
-                if window[0] <= window[1]:
-                    requests.append(SumRequest(uid, atid, metric, *window))
-        sums = yield self._reader.sums(requests)
-        results = {str(uid): {metric: 0 for metric in metrics} for uid in uids}
-        for request, total in zip(requests, sums):
-            results[str(request.uid)][request.metric] = total
+        sums = iter((yield self._reader.user_sums([(uid, atid) for uid in uids], metrics, start, end, offsets)))
+        results = {str(uid): {metric: next(sums) for metric in metrics} for uid in uids}
         return {"from": start, "to": end, "atid": atid, "results": results}
 
     @staticmethod
@@ -255,11 +237,11 @@ class API:
         limit = integer(body, "limit", 1, self._max_uids, default=len(uids))
         compare_to = integer(body, "compare_to", start, MAX_TS) if "compare_to" in body else None
         offsets = self._offsets(body.get("offsets", {}))
-        windows = [(uid, end) for uid in uids] + ([(uid, compare_to) for uid in uids] if compare_to is not None else [])
-        values = yield self._sums_or_zero(
-            [shifted_request(uid, atid, metric, start, until, offsets.get(uid, 0)) for uid, until in windows])
-        now = dict(zip(uids, values[: len(uids)]))
-        then = dict(zip(uids, values[len(uids):])) if compare_to is not None else None
+        users = [(uid, atid) for uid in uids]
+        ends = [end] if compare_to is None else [end, compare_to]
+        values = yield gathered([self._reader.user_sums(users, [metric], start, until, offsets) for until in ends])
+        now = dict(zip(uids, values[0]))
+        then = dict(zip(uids, values[1])) if compare_to is not None else None
         return board(now, then, limit)
 
     @app.route("/v1/counts", methods=["POST"])
@@ -374,8 +356,7 @@ class API:
 
         def window_sums(pairs):
             """{(uid, atid): [sum per metric]}."""
-            d = self._sums_or_zero([shifted_request(uid, a, metric, start, end, offsets.get(uid, 0))
-                                    for uid, a in pairs for metric in metrics])
+            d = self._reader.user_sums(pairs, metrics, start, end, offsets)
 
             def spread(flat):
                 flat = iter(flat)
@@ -397,16 +378,6 @@ class API:
             else:
                 atids[uid] = []
         return sums, atids
-
-    def _sums_or_zero(self, requests: list) -> defer.Deferred:
-        """Sums in order; 0 where the request is None (a window shifted out of the stored range)."""
-        d = self._reader.sums([r for r in requests if r is not None])
-
-        def spread(found):
-            found = iter(found)
-            return [0 if r is None else next(found) for r in requests]
-
-        return d.addCallback(spread)
 
     def _submit(self, request, keyed: list) -> defer.Deferred:
         """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates."""

@@ -6,6 +6,7 @@ code, no I/O: the sums come from the reader.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import NamedTuple, Optional
 
 
@@ -17,7 +18,8 @@ class Standing(NamedTuple):
 
 def standings(values: dict[int, int]) -> list[Standing]:
     """Best first, ties ordered by uid, standard competition ranking (1, 2, 2, 4)."""
-    ordered = sorted(values.items(), key=lambda item: (-item[1], item[0]))
+    ordered = sorted(values.items())  # by uid, then (stable, also reversed) by value, best first
+    ordered.sort(key=itemgetter(1), reverse=True)
     result, rank, previous = [], 0, None
     for position, (uid, value) in enumerate(ordered, 1):
         if value != previous:

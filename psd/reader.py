@@ -108,6 +108,32 @@ class Reader:
         prefix = self._layout.hash_prefix
         return self._sum_windows([(prefix(r.uid, r.atid, r.metric), r.start, r.end) for r in requests])
 
+    def user_sums(self, users: list[tuple[int, int]], metrics: list[str], start: int, end: int,
+                  offsets: Optional[dict] = None) -> defer.Deferred:
+        """The sum of each metric for each (uid, atid) over [start + offset, end + offset],
+        the offset being ``offsets.get(uid, 0)``, as :func:`shifted_request` clips it:
+        a flat list, metrics varying fastest; 0 where nothing of a shifted window is left."""
+        prefix = self._layout.hash_prefix
+        windows, missing = [], []
+        low, high = max(0, start), min(MAX_TS, end)
+        for position, (uid, atid) in enumerate(users):
+            if offsets:
+                offset = offsets.get(uid, 0)
+                low, high = max(0, start + offset), min(MAX_TS, end + offset)
+                if low > high:
+                    missing.append(position)
+                    continue
+            for metric in metrics:
+                windows.append((prefix(uid, atid, metric), low, high))
+        d = self._sum_windows(windows)
+        if missing:
+            def zeros(found):
+                for position in missing:  # ascending: each insert lands where the original order wants it
+                    found[position * len(metrics):position * len(metrics)] = [0] * len(metrics)
+                return found
+            d.addCallback(zeros)
+        return d
+
     def count_sums(self, names: list[str], start: int, end: int) -> defer.Deferred:
         """Exact sums of global counters (``c:{name}:{bucket}``) over [start, end], in order."""
         return self._sum_windows([(self._layout.count_prefix_of(name), start, end) for name in names])
@@ -144,25 +170,27 @@ class Reader:
         Requests over the same window share one template of field ranges, so a
         call carries each window's ranges once, and its keys pre-encoded.
         """
-        calls = []
-        chunks, templates, index, runs, reads, last = [], [], {}, [], 0, 0
+        calls, max_reads = [], self._max_reads
+        chunks, templates, index, runs, reads = [], [], {}, [], 0
+        window = formats = None
         for prefix, start, end in windows:
-            buckets, fields = _template(start, end)
-            width = len(buckets)
-            if reads + width > self._max_reads and chunks:
+            if window != (start, end):  # a leaderboard is one window for everyone: look it up once
+                window, formats = (start, end), {}
+                buckets, fields = _template(start, end)
+                width, t = len(buckets), index.get(window)
+                if t is None:
+                    templates.append(fields)
+                    t = index[window] = len(templates)
+                runs += (t, 0)
+            if reads + width > max_reads and chunks:
                 calls.append((EncodedArgs(b"".join(chunks), reads), [packb(templates), packb(runs)]))
-                chunks, templates, index, runs, reads, last = [], [], {}, [], 0, 0
-            t = index.get((start, end))
-            if t is None:
-                templates.append(fields)
-                t = index[(start, end)] = len(templates)
-            if t == last:
-                runs[-1] += 1
-            else:
-                runs += (t, 1)
-                last = t
+                chunks, templates, index, runs, reads = [], [fields], {window: 1}, [1, 0], 0
             encoded = prefix.encode()
-            chunks.append(_keys_format(buckets, len(encoded)) % ((encoded,) * width))
+            keys_format = formats.get(len(encoded))
+            if keys_format is None:
+                keys_format = formats[len(encoded)] = _keys_format(buckets, len(encoded))
+            chunks.append(keys_format % ((encoded,) * width))
+            runs[-1] += 1
             reads += width
         if chunks:
             calls.append((EncodedArgs(b"".join(chunks), reads), [packb(templates), packb(runs)]))
@@ -172,6 +200,11 @@ class Reader:
         d.addCallback(lambda replies: [total for reply in replies for total in parse_sums(reply)])
         d.addErrback(_first_error)
         return d
+
+
+def gathered(deferreds: list) -> defer.Deferred:
+    """The results of several reads, in order; a failure is the store's own error."""
+    return defer.gatherResults(deferreds, consumeErrors=True).addErrback(_first_error)
 
 
 def _first_error(failure):

@@ -176,3 +176,21 @@ class ReadScriptTests(TestCase):
     def test_no_requests(self):
         sums = yield Reader(self.store, self.layout).sums([])
         self.assertEqual(sums, [])
+
+    @defer.inlineCallbacks
+    def test_user_sums_offsets_metrics_and_windows_that_fall_out(self):
+        """Metrics vary fastest; a window shifted wholly past MAX_TS or before 0 is 0, in its place;
+        windows that change inside a call and calls split mid-run still line up."""
+        yield self.write([Point(1, 0, "points", 5, END), Point(1, 0, "steps", 7, END),
+                          Point(2, 0, "points", 11, END - 3600), Point(3, 0, "points", 13, 5)])
+        reader = Reader(self.store, self.layout, max_reads_per_call=9)
+        users = [(1, 0), (2, 0), (3, 0), (4, 0), (2, 0)]
+        offsets = {2: -3600, 3: -MAX_TS, 4: 2 * MAX_TS}
+        sums = yield reader.user_sums(users, ["points", "steps"], END - 10, END, offsets)
+        self.assertEqual(sums, [5, 7, 11, 0, 0, 0, 0, 0, 11, 0])
+        sums = yield reader.user_sums([(3, 0)], ["points"], 0, 10, {3: -5})
+        self.assertEqual(sums, [13])
+        requests = [SumRequest(uid, 0, "points", s, e) for uid in (1, 2, 3)
+                    for s, e in ((START, END), (0, MAX_TS), (END - 3600, END), (START, END))]
+        expected = [self.expected(r.uid, r.start, r.end) for r in requests]
+        self.assertEqual((yield reader.sums(requests)), expected)
