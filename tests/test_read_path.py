@@ -128,8 +128,8 @@ class ReadScriptTests(TestCase):
         return defer.gatherResults([self.writer.submit(WriteUnit((Part(None, tuple(points[i:i + 500])),)))
                                     for i in range(0, len(points), 500)])
 
-    def expected(self, uid: int, start: int, end: int) -> int:
-        return sum(p.value for p in self.points if p.uid == uid and start <= p.ts <= end)
+    def expected(self, uid: int, start: int, end: int, metric: str = "points") -> int:
+        return sum(p.value for p in self.points if p.uid == uid and p.metric == metric and start <= p.ts <= end)
 
     @defer.inlineCallbacks
     def test_random_windows_with_negative_and_huge_values(self):
