@@ -18,7 +18,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from psd import compat, openapi
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
-from psd.leaderboard import board
+from psd.leaderboard import board_json
 from psd.model import WriteUnit, group_parts
 from psd.reader import SumRequest, gathered
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
@@ -242,7 +242,7 @@ class API:
         values = yield gathered([self._reader.user_sums(users, [metric], start, until, offsets) for until in ends])
         now = dict(zip(uids, values[0]))
         then = dict(zip(uids, values[1])) if compare_to is not None else None
-        return board(now, then, limit)
+        return board_json(now, then, limit)  # bytes: json_route sends them as they are
 
     @app.route("/v1/counts", methods=["POST"])
     @json_route
