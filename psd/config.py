@@ -47,8 +47,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "dedupe_ttl": (int, 86400, lambda v: v >= 1),
     },
     "nsq": {
-        "nsqd_tcp_addresses": (list, [], lambda v: all(isinstance(a, str) and ":" in a for a in v)),
-        "lookupd_http_addresses": (list, [], lambda v: all(isinstance(a, str) and a for a in v)),
+        "nsqd_tcp_addresses": (list, [], lambda v: all(isinstance(a, str) and _host_port(a) for a in v)),
+        "lookupd_http_addresses": (list, [], lambda v: all(isinstance(a, str) and a and " " not in a for a in v)),
         "topic": (str, "psd", lambda v: bool(v)),
         "channel": (str, "psd", lambda v: bool(v)),
         "max_in_flight": (int, 200, lambda v: 1 <= v <= 100000),
@@ -65,6 +65,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "max_reads_per_call": (int, 2000, lambda v: v >= 1),
     },
 }
+
+
+def _host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 class SettingsError(ValueError):

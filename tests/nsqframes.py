@@ -32,3 +32,18 @@ def identify_reply(**settings) -> bytes:
 
 HEARTBEAT = response(framing.HEARTBEAT)
 OK = response(framing.OK)
+
+
+class WireEnd:
+    """The nsqd side of one StringTransport connection: what the client sent, what it receives.
+
+    Users set ``transport`` (a StringTransport) and ``protocol`` (the client protocol).
+    """
+
+    def sent(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def receive(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)

@@ -97,3 +97,13 @@ def run_clients(psd, requests: list, concurrency: int, stats: Counter, send=post
             yield send(psd, key, points, stats)
 
     yield defer.gatherResults([client() for _ in range(concurrency)], consumeErrors=True)
+
+
+@defer.inlineCallbacks
+def assert_exact(testcase, store, points: list[dict], name: str, extra: str = ""):
+    """Compare Redis with the oracle, print the figures, fail unless 0 lost / 0 doubled / levels agree."""
+    observed = yield observed_fields(store)
+    result = compare(expected_fields(points), observed)
+    print(f"\n[{name}] {result}; {extra}")
+    testcase.assertEqual((result["lost"], result["doubled"], result["levels_disagreeing"]), (0, 0, 0))
+    return result

@@ -10,7 +10,7 @@ from collections import Counter
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from tests.oracle import compare, expected_fields, observed_fields, random_requests, run_clients
+from tests.oracle import assert_exact, random_requests, run_clients
 from tests.processfixture import PsdProcess
 from tests.psdfixture import HttpClient
 from tests.redisfixture import RedisServer, free_port, started_store
@@ -31,13 +31,9 @@ class PsdCrashTests(TestCase):
         self.client = HttpClient(f"http://127.0.0.1:{self.psd.port}")
         self.stats = Counter()
 
-    @defer.inlineCallbacks
     def check_oracle(self, requests, name: str):
-        expected = expected_fields([p for _, ps in requests for p in ps])
-        observed = yield observed_fields(self.store)
-        result = compare(expected, observed)
-        print(f"\n[{name}] {len(requests)} requests: {result}; answers {dict(self.stats)}")
-        self.assertEqual((result["lost"], result["doubled"], result["levels_disagreeing"]), (0, 0, 0))
+        return assert_exact(self, self.store, [p for _, ps in requests for p in ps], name,
+                            f"{len(requests)} requests, answers {dict(self.stats)}")
 
     @defer.inlineCallbacks
     def test_kill_9_every_second_under_load(self):

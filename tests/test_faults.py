@@ -12,7 +12,7 @@ from collections import Counter
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from tests.oracle import compare, expected_fields, observed_fields, random_requests, run_clients
+from tests.oracle import assert_exact, random_requests, run_clients
 from tests.psdfixture import started_psd
 from tests.redisfixture import RedisServer
 
@@ -23,24 +23,17 @@ def sleep(seconds: float):
 
 class FaultTestCase(TestCase):
     timeout = 300
-    redis_args: tuple = ()
-    psd_args: tuple = ()
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.server = RedisServer(self, *self.redis_args, appendonly=True)
+        self.server = RedisServer(self, appendonly=True)
         yield self.server.start()
-        self.psd = yield started_psd(self, self.server, *self.psd_args)
+        self.psd = yield started_psd(self, self.server)
         self.stats = Counter()
 
-    @defer.inlineCallbacks
     def check_oracle(self, requests, name: str):
-        expected = expected_fields([p for _, ps in requests for p in ps])
-        observed = yield observed_fields(self.psd.store)
-        result = compare(expected, observed)
-        print(f"\n[{name}] {len(requests)} requests: {result}; answers {dict(self.stats)}")
-        self.assertEqual((result["lost"], result["doubled"], result["levels_disagreeing"]), (0, 0, 0))
-        return result
+        return assert_exact(self, self.psd.store, [p for _, ps in requests for p in ps], name,
+                            f"{len(requests)} requests, answers {dict(self.stats)}")
 
 
 class RedisRestartTests(FaultTestCase):

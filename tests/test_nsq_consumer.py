@@ -56,7 +56,7 @@ class FakeHTTP:
         return defer.succeed(FakeResponse(code, json.dumps(body).encode()))
 
 
-class Peer:
+class Peer(nsqframes.WireEnd):
     """One fake nsqd connection made by the consumer."""
 
     def __init__(self, wrapping_factory):
@@ -65,14 +65,6 @@ class Peer:
         wrapper.makeConnection(self.transport)
         self.transport.protocol = wrapper
         self.protocol = wrapper._wrappedProtocol
-
-    def sent(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def receive(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
 
     def drop(self) -> None:
         self.protocol.transport.protocol.connectionLost(Failure(ConnectionDone()))

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from tests.nsqfixture import NSQD
-from tests.oracle import compare, expected_fields, observed_fields
+from tests.oracle import assert_exact
 from tests.processfixture import PsdProcess
 from tests.redisfixture import RedisServer, free_port, started_store
 
@@ -56,11 +56,8 @@ class NSQFaultTestCase(TestCase):
     @defer.inlineCallbacks
     def check_oracle(self, points: list[dict], name: str, **extra):
         stats = yield self.nsqd.wait_drained("psd", "psd", timeout=300)
-        observed = yield observed_fields(self.store)
-        result = compare(expected_fields(points), observed)
-        print(f"\n[{name}] {len(points)} messages: {result}; {extra}; nsqd requeued {stats['requeue_count']}, "
-              f"timed out {stats['timeout_count']}")
-        self.assertEqual((result["lost"], result["doubled"], result["levels_disagreeing"]), (0, 0, 0))
+        yield assert_exact(self, self.store, points, name, f"{len(points)} messages, {extra}, nsqd requeued "
+                           f"{stats['requeue_count']}, timed out {stats['timeout_count']}")
         return stats
 
     def processed(self):

@@ -33,7 +33,7 @@ class RecordingHandler:
         self.closed.append(reason)
 
 
-class ProtocolTestCase(SynchronousTestCase):
+class ProtocolTestCase(nsqframes.WireEnd, SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.handler = RecordingHandler()
@@ -41,14 +41,6 @@ class ProtocolTestCase(SynchronousTestCase):
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.transport.protocol = self.protocol
-
-    def sent(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def receive(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
 
     def subscribed(self, **reply):
         """Handshake as nsqd would answer it; returns IDENTIFY's result."""

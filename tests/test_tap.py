@@ -27,6 +27,21 @@ class OptionsTests(SynchronousTestCase):
         settings = self.parse("--http", "tcp:9999", "--redis", "redis://h:1/2").settings
         self.assertEqual((settings.http["listen"], settings.redis["url"]), ("tcp:9999", "redis://h:1/2"))
 
+    def test_bad_endpoints_and_addresses(self):
+        for args, fragment in ((("--http", "tcp:notaport"), "[http] listen 'tcp:notaport' is not a server endpoint"),
+                               (("--http", "bogus:1"), "is not a server endpoint"),
+                               (("--nsqd", "localhost"), "[nsq] nsqd_tcp_addresses has an invalid value"),
+                               (("--nsqd", "h:99999"), "[nsq] nsqd_tcp_addresses has an invalid value")):
+            e = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertIn(fragment, str(e))
+
+    def test_missing_embedded_binary(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[embedded]\nbinary = "/nonexistent/valkey-server"\n')
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+        self.assertIn("[embedded] binary '/nonexistent/valkey-server' is not an executable file", str(e))
+
     def test_bad_redis_url(self):
         e = self.assertRaises(usage.UsageError, self.parse, "--redis", "mysql://x")
         self.assertIn("redis url 'mysql://x' must be", str(e))
