@@ -30,8 +30,20 @@ local function negate(delta)
   return '-' .. delta
 end
 
+-- Undo log: increments in flat arrays (no closure per increment: most of a call's work),
+-- the rare other writes as closures.  They touch different keys, so only the order
+-- within each list matters.
 local undo = {}
+local undo_keys, undo_fields, undo_deltas, undone = {}, {}, {}, 0
 local function fail(err)  -- Redis' own message, so OOM reads as OOM (try later) and overflow as ERR (refused)
+  for i = undone, 1, -1 do
+    local delta = undo_deltas[i]
+    if delta then
+      redis.call('HINCRBY', undo_keys[i], undo_fields[i], negate(delta))
+    else
+      redis.call('HDEL', undo_keys[i], undo_fields[i])
+    end
+  end
   for i = #undo, 1, -1 do undo[i]() end
   return redis.error_reply(err.err)
 end
@@ -69,11 +81,10 @@ end
 local function increment(key, field, delta)
   local r = redis.pcall('HINCRBY', key, field, delta)
   if type(r) == 'table' and r.err then return r end
-  if r == delta then  -- the field is new: undo by removing it (and the hash, if it was its only field)
-    undo[#undo + 1] = function() redis.call('HDEL', key, field) end
-  else
-    undo[#undo + 1] = function() redis.call('HINCRBY', key, field, negate(delta)) end
-  end
+  undone = undone + 1
+  undo_keys[undone], undo_fields[undone] = key, field
+  -- a new field is undone by removing it (and the hash, if it was its only field)
+  undo_deltas[undone] = r ~= delta and delta
 end
 
 for j, fields in ipairs(incr) do

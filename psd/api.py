@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from psd import compat, openapi
@@ -29,41 +30,61 @@ log = Logger()
 
 
 def json_route(handler: Callable) -> Callable:
-    """Run a handler that returns a dict (or (status, dict)), map errors to JSON answers."""
+    """Run a handler that returns a dict (or (status, dict)), map errors to JSON answers.
+
+    Plain callbacks rather than a generator: this wraps every write request,
+    and a handler that answers at once is answered without a Deferred.
+    """
 
     @functools.wraps(handler)
-    @defer.inlineCallbacks
     def route(self, request, *args, **kwargs):
         request.setHeader(b"Content-Type", b"application/json")
         try:
-            result = yield defer.maybeDeferred(handler, self, request, *args, **kwargs)
-        except InvalidInput as e:
-            body = {"error": e.message}
-            if e.index is not None:
-                body["index"] = e.index
-            return _answer(request, 400, body)
-        except Overloaded as e:
-            request.setHeader(b"Retry-After", b"1")
-            return _answer(request, 503, {"error": f"overloaded: {e}"})
-        except StoreUnavailable as e:
-            request.setHeader(b"Retry-After", b"1")
-            return _answer(request, 503, {"error": f"store unavailable: {e}"})
-        except RejectedByStore as e:
-            return _answer(request, 422, {"error": f"the store refused the data, nothing was written: {e}"})
+            result = handler(self, request, *args, **kwargs)
         except Exception:
-            log.failure("internal error on {method} {path}", method=request.method, path=request.path)
-            return _answer(request, 500, {"error": "internal error"})
-        status, body = result if isinstance(result, tuple) else (200, result)
-        return _answer(request, status, body)
+            return _answer_error(request, Failure())
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(lambda value: _answer_result(request, value),
+                                       lambda failure: _answer_error(request, failure))
+        return _answer_result(request, result)
 
     return route
+
+
+def _answer_result(request, result) -> bytes:
+    status, body = result if isinstance(result, tuple) else (200, result)
+    return _answer(request, status, body)
+
+
+def _answer_error(request, failure: Failure) -> Optional[bytes]:
+    error = failure.value
+    if isinstance(error, InvalidInput):
+        body = {"error": error.message}
+        if error.index is not None:
+            body["index"] = error.index
+        return _answer(request, 400, body)
+    if isinstance(error, Overloaded):
+        request.setHeader(b"Retry-After", b"1")
+        return _answer(request, 503, {"error": f"overloaded: {error}"})
+    if isinstance(error, StoreUnavailable):
+        request.setHeader(b"Retry-After", b"1")
+        return _answer(request, 503, {"error": f"store unavailable: {error}"})
+    if isinstance(error, RejectedByStore):
+        return _answer(request, 422, {"error": f"the store refused the data, nothing was written: {error}"})
+    if isinstance(error, defer.CancelledError):  # Klein cancels when the client went away: nobody to answer
+        return None
+    log.failure("internal error on {method} {path}", failure=failure, method=request.method, path=request.path)
+    return _answer(request, 500, {"error": "internal error"})
 
 
 def _answer(request, status: int, body) -> bytes:
     request.setResponseCode(status)
     if isinstance(body, bytes):  # a plain-text answer (the original psd's routes); the handler set its type
-        return body
-    return json.dumps(body, separators=(",", ":")).encode()
+        content = body
+    else:
+        content = json.dumps(body, separators=(",", ":")).encode()
+    request.setHeader(b"Content-Length", b"%d" % len(content))  # one write, no chunked framing
+    return content
 
 
 def split_list(text: Optional[str], field: str) -> list[str]:
@@ -131,13 +152,12 @@ class API:
 
     @app.route("/v1/points", methods=["POST"])
     @json_route
-    @defer.inlineCallbacks
     def write_points(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points)
         keyed = [parse_point(item, self._metrics, index) for index, item in enumerate(items)]
         unit = WriteUnit(group_parts(keyed, self._idempotency_key(request)))
-        result = yield self._writer.submit(unit)
-        return {"written": result.written, "duplicates": result.duplicates}
+        return self._writer.submit(unit).addCallback(
+            lambda result: {"written": result.written, "duplicates": result.duplicates})
 
     def _idempotency_key(self, request) -> Optional[str]:
         header = request.getHeader(b"Idempotency-Key")

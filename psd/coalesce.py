@@ -23,7 +23,8 @@ class Batch:
     """Units merged so far, and what the write script needs to apply them.
 
     ``add`` is the hot path: it only sums values per (uid, atid, metric,
-    second) and per (count, second); the fan-out to the five levels happens
+    second) and per (count, second), and notes the distinct minutes and hours
+    to estimate the script's cost; the fan-out to the five levels happens
     once per distinct second in :meth:`script_args`.
     """
 
@@ -34,6 +35,8 @@ class Batch:
         self.points = 0
         self._fields = fields_cache if fields_cache is not None else {}
         self._seconds: dict = {}
+        self._minutes: set = set()
+        self._hours: set = set()
         self._counts: dict = {}
         self._totals: list = []
         self._atids: set = set()
@@ -47,7 +50,8 @@ class Batch:
         """Merge a unit, leaving out the parts whose index is in ``skip``."""
         unit_index = len(self.units)
         self.units.append(unit)
-        seconds, totals, atids = self._seconds, self._totals, self._atids
+        seconds, minutes, hours = self._seconds, self._minutes, self._hours
+        totals, atids = self._totals, self._atids
         for part_index, part in enumerate(unit.parts):
             if part_index in skip:
                 continue
@@ -58,20 +62,31 @@ class Batch:
                 self._keys_in_batch.add(part.dedupe_key)
                 self.keyed_parts.append((unit_index, part_index))
             for point in part.points:
-                atids.add((point.uid, point.atid))
-                if point.total is None:
-                    key = (point.uid, point.atid, point.metric, point.ts)
-                    seconds[key] = seconds.get(key, 0) + point.value
-                else:
+                uid, atid, metric, value, ts, _, total = point
+                atids.add((uid, atid))
+                if total is not None:
                     totals.append(point)
+                    continue
+                key = (uid, atid, metric, ts)
+                if key in seconds:
+                    seconds[key] += value
+                else:
+                    seconds[key] = value
+                    minutes.add((uid, atid, metric, ts // 60))
+                    hours.add((uid, atid, metric, ts // 3600))
             for count in part.counts:
                 key = (count.name, count.ts)
                 self._counts[key] = self._counts.get(key, 0) + count.value
             self.points += part.size()
 
-    def increments_bound(self) -> int:
-        """An upper bound of the HINCRBY this batch will cost, to cap script time."""
-        return 10 * (len(self._seconds) + len(self._totals)) + 5 * len(self._counts)
+    def increments_estimate(self) -> int:
+        """About how many HINCRBY this batch will cost, to keep each script call short.
+
+        Exact for the second, minute and hour fields of points, a bound for the
+        coarser ones (three per distinct hour); doubled for the copy under atid 0.
+        """
+        fields = len(self._seconds) + len(self._minutes) + 3 * len(self._hours)
+        return 2 * fields + 10 * len(self._totals) + 5 * len(self._counts)
 
     def _point_fields(self, ts: int) -> list:
         fields = self._fields.get(ts)
@@ -82,29 +97,54 @@ class Batch:
         return fields
 
     def script_args(self) -> tuple[list, list]:
-        """(KEYS, ARGV) for ``lua/write.lua``."""
+        """(KEYS, ARGV) for ``lua/write.lua``.
+
+        The fan-out loop runs ten times per distinct second, so it is written
+        flat: key prefixes and bucket strings are made once per batch and per
+        distinct second, and the index of keys is only built for set-total
+        writes, which must refer to hash keys by position.
+        """
         layout = self.layout
         incr: dict[str, dict[str, int]] = {}
-
-        def add_fields(prefix: str, fields: list, value: int) -> None:
-            for bucket, field in fields:
-                hash_fields = incr.get(prefix + bucket)
-                if hash_fields is None:
-                    incr[prefix + bucket] = {field: value}
-                else:
-                    hash_fields[field] = hash_fields.get(field, 0) + value
-
+        prefixes: dict = {}
+        point_fields = self._point_fields
         for (uid, atid, metric, ts), value in self._seconds.items():
-            if value == 0:
+            if not value:
                 continue
-            fields = self._point_fields(ts)
-            for written_atid in _atids_written(atid):
-                add_fields(layout.hash_prefix(uid, written_atid, metric), fields, value)
+            fields = point_fields(ts)
+            for written_atid in ((atid, 0) if atid else (0,)):
+                prefix = prefixes.get((uid, written_atid, metric))
+                if prefix is None:
+                    prefix = prefixes[(uid, written_atid, metric)] = layout.hash_prefix(uid, written_atid, metric)
+                _add_fields(incr, prefix, fields, value)
         for (name, ts), value in self._counts.items():
             if value:
-                add_fields(layout.count_prefix_of(name), self._point_fields(ts), value)
+                _add_fields(incr, layout.count_prefix_of(name), point_fields(ts), value)
 
-        hash_keys = [key for key, fields in incr.items() if any(fields.values())]
+        hash_keys, incr_args = [], []
+        for key, fields in incr.items():
+            flat = _flat_fields(fields)
+            if flat:
+                hash_keys.append(key)
+                incr_args.append(flat)
+        totals_args = self._totals_args(hash_keys) if self._totals else []
+        members, atids_index = [], {}
+        for uid, atid in sorted(self._atids):
+            key = layout.atids_key(uid)
+            j = atids_index.get(key)
+            if j is None:
+                hash_keys.append(key)
+                j = atids_index[key] = len(hash_keys)
+            members += (j, str(atid))
+        incr_args += [[]] * (len(hash_keys) - len(incr_args))
+
+        seen_keys = [layout.seen_key(self.units[u].parts[p].dedupe_key) for u, p in self.keyed_parts]
+        argv = msgpack.packb([self.dedupe_ttl, len(seen_keys), incr_args, totals_args, members])
+        return seen_keys + hash_keys, [argv]
+
+    def _totals_args(self, hash_keys: list) -> list:
+        """The set-total entries; keys they name that are not in ``hash_keys`` yet are appended."""
+        layout = self.layout
         index = {key: j for j, key in enumerate(hash_keys, 1)}
 
         def key_index(key: str) -> int:
@@ -114,7 +154,6 @@ class Batch:
                 j = index[key] = len(hash_keys)
             return j
 
-        incr_args = [_flat_fields(incr[key]) for key in hash_keys]
         totals_args = []
         for point in self._totals:
             targets = []
@@ -122,14 +161,19 @@ class Batch:
                 for bucket, field in self._point_fields(point.ts):
                     targets += (key_index(layout.hash_key(point.uid, atid, point.metric, bucket)), field)
             totals_args.append([key_index(layout.totals_key(point.uid, point.metric)), str(point.aid), point.total, targets])
-        members = []
-        for uid, atid in sorted(self._atids):
-            members += (key_index(layout.atids_key(uid)), str(atid))
-        incr_args += [[]] * (len(hash_keys) - len(incr_args))
+        return totals_args
 
-        seen_keys = [layout.seen_key(self.units[u].parts[p].dedupe_key) for u, p in self.keyed_parts]
-        argv = msgpack.packb([self.dedupe_ttl, len(seen_keys), incr_args, totals_args, members])
-        return seen_keys + hash_keys, [argv]
+
+def _add_fields(incr: dict, prefix: str, fields: list, value: int) -> None:
+    for bucket, field in fields:
+        key = prefix + bucket
+        hash_fields = incr.get(key)
+        if hash_fields is None:
+            incr[key] = {field: value}
+        elif field in hash_fields:
+            hash_fields[field] += value
+        else:
+            hash_fields[field] = value
 
 
 def _atids_written(atid: int) -> Iterable[int]:
@@ -139,7 +183,9 @@ def _atids_written(atid: int) -> Iterable[int]:
 
 def _flat_fields(fields: dict) -> list:
     flat = []
+    append = flat.append
     for field, delta in fields.items():
         if delta:
-            flat += (field, delta if -MAX_EXACT <= delta <= MAX_EXACT else str(delta))
+            append(field)
+            append(delta if -MAX_EXACT <= delta <= MAX_EXACT else str(delta))
     return flat

@@ -69,8 +69,7 @@ class RedisAddress:
             pool = txredisapi.lazyUnixConnectionPool(self.path, **options)
         else:
             pool = txredisapi.lazyConnectionPool(self.host, self.port, **options)
-        # the connections are made later, from the reactor, so they all get this protocol
-        pool._factory.protocol = FastEncodingProtocol
+        pool._factory.protocol = FastEncodingProtocol  # before the reactor runs the connection attempts
         return pool
 
 
@@ -86,10 +85,16 @@ class EncodedArgs(NamedTuple):
 
 
 class FastEncodingProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol with a quicker command encoder (one bytes format per argument)
-    that also takes :class:`EncodedArgs` as they are."""
+    """txredisapi's protocol with a leaner command encoder.
 
-    def _build_command(self, *args, **kwargs):
+    A write-script call carries thousands of keys; txredisapi encodes each
+    argument through a chain of type checks (a quarter of psd's CPU on
+    batch traffic).  Strings, bytes and ints are encoded here exactly as it
+    would; anything else goes to its encoder.  :class:`EncodedArgs` (the read
+    path's keys) go as they are.
+    """
+
+    def _build_command(self, *args, **kwargs) -> bytes:
         count = len(args)
         parts = [b""]
         append = parts.append
@@ -97,16 +102,20 @@ class FastEncodingProtocol(txredisapi.RedisProtocol):
             kind = type(arg)
             if kind is str:
                 try:
-                    arg = arg.encode(self.charset or "utf-8", self.errors)
-                except UnicodeError:
-                    arg = self._encode_value(arg)  # raises txredisapi's InvalidData, as the original does
+                    data = arg.encode(self.charset, self.errors)
+                except UnicodeEncodeError:
+                    data = self._encode_value(arg)  # raises txredisapi's InvalidData
+            elif kind is bytes:
+                data = arg
+            elif kind is int:
+                data = b"%d" % arg
             elif kind is EncodedArgs:
                 append(arg.data)
                 count += arg.count - 1
                 continue
-            elif kind is not bytes:
-                arg = self._encode_value(arg)
-            append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+            else:
+                data = self._encode_value(arg)
+            append(b"$%d\r\n%s\r\n" % (len(data), data))
         parts[0] = b"*%d\r\n" % count
         return b"".join(parts)
 
@@ -158,7 +167,7 @@ class RedisStore:
 
     @defer.inlineCallbacks
     def load_scripts(self):
-        """SCRIPT LOAD both scripts (also done lazily on NOSCRIPT)."""
+        """SCRIPT LOAD every script (also done lazily on NOSCRIPT)."""
         for script in (self.write_script, self.read_script, self.members_script):
             sha = yield self._command("write", "SCRIPT", "LOAD", script.source)
             if sha != script.sha:

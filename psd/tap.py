@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.application import strports
+import sys
+
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -16,6 +17,7 @@ from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
 from psd.web import GuardedSite, TokenGuard
+from psd.workers import http_service
 from psd.writer import Writer
 
 
@@ -29,7 +31,14 @@ class Options(usage.Options):
         ["http", None, None, "HTTP server endpoint, e.g. tcp:1155:interface=127.0.0.1 (overrides [http] listen)."],
         ["redis", None, None, "redis://host:port/db, unix:///path.sock, or embedded (overrides [redis] url)."],
         ["data-dir", None, None, "Data directory of the embedded store (overrides [embedded] data_dir)."],
+        ["workers", None, 1, "HTTP worker processes sharing the listening socket (see psd/workers.py).", int],
+        ["inherited-fd", None, None, "Internal: serve on this inherited listening socket (a started worker).", int],
     ]
+
+    def parseOptions(self, options=None) -> None:
+        #: the arguments as given, for the worker processes started with --workers
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def __init__(self):
         super().__init__()
@@ -60,6 +69,8 @@ class Options(usage.Options):
             else:
                 RedisAddress(settings.redis["url"])
             self.write_token = _write_token(settings.http)
+            if self["workers"] < 1:
+                raise ValueError("--workers must be at least 1")
         except (config.SettingsError, ValueError, FileNotFoundError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings
@@ -224,7 +235,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
                        max_connections=h["max_connections"])
     if not h["access_log"]:
         site.log = lambda request: None  # one log line per request costs about as much as a query
-    http = strports.service(h["listen"], site, reactor=reactor)
+    http = http_service(reactor, h["listen"], site, options["workers"], options["inherited-fd"],
+                        options.argv + ["--redis", redis_url])
     http.setName("http")
     http.setServiceParent(root)
     return root

@@ -25,7 +25,7 @@ class Writer:
     log = Logger()
 
     def __init__(self, reactor, store, layout: Layout, dedupe_ttl: int = 86400, window: float = 0.005,
-                 max_batch_points: int = 5000, max_script_increments: int = 20000,
+                 max_batch_points: int = 5000, max_script_increments: int = 2000,
                  max_queue_points: int = 200000, max_in_flight: int = 2):
         self._reactor = reactor
         self._store = store
@@ -57,14 +57,15 @@ class Writer:
         d = defer.Deferred()
         if self._filling is not None and (
             self._filling.points + size > self._max_batch_points
-            or self._filling.increments_bound() > self._max_script_increments
+            or self._filling.increments_estimate() + 10 * size > self._max_script_increments
         ):
             self._seal()
         if self._filling is None:
             self._filling = self._new_batch()
         self._filling.add(unit)
         self._waiters.append(d)
-        if self._filling.points >= self._max_batch_points:
+        if (self._filling.points >= self._max_batch_points
+                or self._filling.increments_estimate() >= self._max_script_increments):
             self._seal()
         elif self._timer is None:
             self._timer = self._reactor.callLater(self._window, self._window_elapsed)
@@ -174,6 +175,8 @@ class Writer:
         for index, (unit, d) in enumerate(zip(batch.units, waiters)):
             size = unit.size()
             self.queued_points -= size
+            if d.called:  # cancelled: the client went away; the write went on regardless
+                continue
             if failure is not None:
                 d.errback(failure)
             else:

@@ -150,3 +150,17 @@ class StoreTestCase(TestCase):
         self.assertEqual(hgetall(self.server, "c:signups:201603151656"), {"20160315165645": "3"})
         members = self.server.call("SMEMBERS", "hza:4")
         self.assertEqual(sorted(m for m in members.split(b"\r\n") if m.isdigit()), [b"2", b"5"])
+
+    @defer.inlineCallbacks
+    def test_undo_restores_existing_fields_and_removes_new_ones(self):
+        """Fields that existed get their old value back; new fields, hashes and members go."""
+        yield self.write(Point(7, 2, "points", 5, SEED_TS))
+        keys = ("hz:7:2:points:2016", "hz:7:0:points:2016", "hz:7:2:points:201603151656")
+        before = {key: hgetall(self.server, key) for key in keys}
+        # uid 7's fields exist, uid 8 is new, and uid 9's minute hash overflows, last in the call
+        self.server.call("HSET", "hz:9:0:points:201603151656", "20160315165645", str(2**63 - 5))
+        d = self.write(Point(7, 2, "points", 3, SEED_TS), Point(8, 4, "points", 1, SEED_TS + 1),
+                       Point(9, 0, "points", 10, SEED_TS))
+        yield self.assertFailure(d, RejectedByStore)
+        self.assertEqual({key: hgetall(self.server, key) for key in keys}, before)
+        self.assertEqual(self.server.call("EXISTS", "hz:8:4:points:2016", "hz:8:0:points:2016", "hza:8"), b":0\r\n")
