@@ -15,6 +15,7 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from psd import compat, openapi
@@ -413,11 +414,23 @@ class API:
 
 
 def _text_args(request) -> dict[str, str]:
-    """Query-string and form fields (the last value of each), as text."""
+    """Query-string and form fields (the last value of each; form fields after the query's), as text.
+
+    The form body is parsed here: psd's Site does not parse POST forms (JSON is
+    what most routes take), but the original psd's routes send ``ids=1,2``.
+    """
+    fields = dict(request.args)
+    content_type = request.getHeader(b"content-type") or b""
+    if request.method == b"POST" and content_type.split(b";")[0].strip().lower() == FORM_TYPE:
+        request.content.seek(0)
+        fields.update(parse_qs(request.content.read(), 1))  # bytes, as twisted.web parses forms
     try:
-        return {k.decode(): v[-1].decode("utf-8") for k, v in request.args.items()}
+        return {k.decode(): v[-1].decode("utf-8") for k, v in fields.items()}
     except UnicodeDecodeError:
         raise InvalidInput("query and form fields must be UTF-8") from None
+
+
+FORM_TYPE = b"application/x-www-form-urlencoded"
 
 
 def _json_object(request) -> dict:
