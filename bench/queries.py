@@ -249,6 +249,10 @@ def main() -> int:
         print_table(results)
         if options.json:
             Path(options.json).write_text(json.dumps(results, indent=2))
+        failed = [r["shape"] for r in results if r["non_2xx"]]
+        if failed:  # an error answer is cheap: its figures would mean nothing
+            print(f"NOT VALID: non-2xx answers on {', '.join(failed)}", file=sys.stderr)
+            return 1
     finally:
         for process in reversed(processes):
             process.terminate()
