@@ -23,18 +23,33 @@ from run import LOAD_CORE, QUICK, Bench, rss_bytes, uniform_requests  # noqa: E4
 
 
 async def client(port: int, requests: list, counts: dict, stop: asyncio.Event) -> None:
+    """Sends until ``stop``.
+
+    A request whose connection closed, or that got "store unavailable" (a
+    Redis timeout), may or may not have been applied: it counts as unanswered.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     while not stop.is_set():
         request, points, value = random.choice(requests)
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-        await reader.readexactly(length)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            body = await reader.readexactly(length)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            counts["unanswered_value"] += value
+            counts["closed"] = counts.get("closed", 0) + 1
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            continue
         if status == 200:
             counts["acked_value"] += value
         elif status == 503:
             counts["retry_after"] += b"retry-after: 1" in head.lower()
+            if b"store unavailable" in body:  # Redis timed out: the outcome is unknown, as documented
+                counts["unanswered_value"] += value
             await asyncio.sleep(0.01)
         counts[status] = counts.get(status, 0) + 1
     writer.close()
@@ -42,7 +57,7 @@ async def client(port: int, requests: list, counts: dict, stop: asyncio.Event) -
 
 async def overload(bench: Bench, port: int, pid: int, connections: int, stopped: float) -> dict:
     requests = uniform_requests(port, 50_000, random.Random(5))
-    counts = {"acked_value": 0, "retry_after": 0}
+    counts = {"acked_value": 0, "unanswered_value": 0, "retry_after": 0}
     stop = asyncio.Event()
     clients = [asyncio.ensure_future(client(port, requests, counts, stop)) for _ in range(connections)]
     samples = []
@@ -57,7 +72,7 @@ async def overload(bench: Bench, port: int, pid: int, connections: int, stopped:
     bench.redis.process.send_signal(signal.SIGSTOP)
     await sample("stopped", stopped)
     bench.redis.process.send_signal(signal.SIGCONT)
-    await sample("resumed", 5)
+    await sample("resumed", 20)
     stop.set()
     await asyncio.gather(*clients)
     stopped_rss = [rss for phase, rss, _ in samples if phase == "stopped"]
@@ -81,11 +96,12 @@ def main() -> int:
     finally:
         bench.close()
     counts = result["counts"]
-    ok = applied[0] == applied[1] == counts["acked_value"] and counts.get(503, 0) == counts["retry_after"]
+    ok = (applied[0] == applied[1] and counts["acked_value"] <= applied[0] <= counts["acked_value"] + counts["unanswered_value"]
+          and counts.get(503, 0) == counts["retry_after"])
     low, high = result["rss_stopped_mb"]
     print(f"\n503 answers: {counts.get(503, 0)} (all with Retry-After: {counts.get(503, 0) == counts['retry_after']}); "
           f"RSS while Redis was stopped: {low:.1f} to {high:.1f} MB; acknowledged {counts['acked_value']}, "
-          f"in Redis {applied[0]}/{applied[1]}: {'ok' if ok else 'MISMATCH'}")
+          f"unanswered {counts['unanswered_value']}, in Redis {applied[0]}/{applied[1]}: {'ok' if ok else 'MISMATCH'}")
     return 0 if ok else 1
 
 

@@ -70,7 +70,13 @@ class RedisAddress:
         else:
             pool = txredisapi.lazyConnectionPool(self.host, self.port, **options)
         pool._factory.protocol = FastEncodingProtocol  # before the reactor runs the connection attempts
+        pool._factory.maxDelay = RECONNECT_MAX_DELAY
         return pool
+
+
+#: Longest wait between reconnection attempts (txredisapi's default is 10 s: a restarted
+#: Redis would leave the reads failing that long after the writes recovered).
+RECONNECT_MAX_DELAY = 2.0
 
 
 class EncodedArgs(NamedTuple):

@@ -113,8 +113,15 @@ class Writer:
         finally:
             self._sending = False
 
-    def _call_done(self, _) -> None:
+    def _call_done(self, store_error) -> None:
         self._in_flight -= 1
+        if store_error is not None:
+            # Redis just failed a call: the batches waiting would go to the same dead connection
+            # (txredisapi fails a timed-out connection's replies in a loop that would take each of
+            # them, encoded and buffered, with it).  Fail them now, unsent; later ones are tried.
+            while self._ready:
+                batch, waiters = self._ready.popleft()
+                self._answer(batch, waiters, failure=store_error)
         self._send_ready()
         if not self.queued_points and not self._in_flight:
             idle, self._idle = self._idle, []
@@ -123,7 +130,10 @@ class Writer:
 
     @defer.inlineCallbacks
     def _apply(self, batch: Batch, waiters: list):
-        """Write one batch; re-merge without the parts Redis says it has seen."""
+        """Write one batch; re-merge without the parts Redis says it has seen.
+
+        Fires with the StoreUnavailable error if the store failed the call, else None.
+        """
         duplicates = dict(batch.duplicates_in_batch)
         skipped: dict[int, set] = {}
         while True:
@@ -139,11 +149,11 @@ class Writer:
                 return
             except StoreUnavailable as e:
                 self._answer(batch, waiters, failure=e)
-                return
+                return e
             except Exception as e:  # a bug of ours: fail the units, never hang them
                 self.log.failure("write failed unexpectedly")
                 self._answer(batch, waiters, failure=StoreUnavailable(f"internal error: {e}"))
-                return
+                return None
             if int(reply[0]) == 0:
                 break
             for position in reply[1:]:

@@ -16,6 +16,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from psd.errors import StoreUnavailable
 from psd.keys import Layout
 from psd.model import Part, Point, UnitResult, WriteUnit
 from psd.writer import Writer
@@ -79,6 +80,23 @@ class GoneClientTests(SynchronousTestCase):
         store.calls[0][2].callback([0])
         self.assertEqual(self.successResultOf(staying), UnitResult(1, 0))
         self.assertEqual(writer.pending(), 0)
+
+
+class StoreDownTests(SynchronousTestCase):
+    def test_batches_waiting_behind_a_failed_call_fail_unsent(self):
+        """They would go to the same dead connection: encoded and buffered for nothing."""
+        clock, store = Clock(), RecordingStore()
+        writer = Writer(clock, store, Layout(), max_batch_points=1, max_in_flight=1)
+        units = [writer.submit(unit(uid)) for uid in range(3)]
+        store.calls[0][2].errback(StoreUnavailable("Redis: TimeoutError"))
+        for d in units:
+            self.failureResultOf(d, StoreUnavailable)
+        self.assertEqual((len(store.calls), writer.pending()), (1, 0))
+        later = writer.submit(unit(9))
+        clock.advance(0.005)
+        self.assertEqual(len(store.calls), 2)
+        store.calls[1][2].callback([0])
+        self.assertEqual(self.successResultOf(later), UnitResult(1, 0))
 
 
 class OverloadTests(TestCase):

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.oracle import assert_exact, random_requests, run_clients
 from tests.psdfixture import started_psd
-from tests.redisfixture import RedisServer
+from tests.redisfixture import RedisServer, started_store
 
 
 def sleep(seconds: float):
@@ -31,9 +31,12 @@ class FaultTestCase(TestCase):
         self.psd = yield started_psd(self, self.server)
         self.stats = Counter()
 
+    @defer.inlineCallbacks
     def check_oracle(self, requests, name: str):
-        return assert_exact(self, self.psd.store, [p for _, ps in requests for p in ps], name,
-                            f"{len(requests)} requests, answers {dict(self.stats)}")
+        observer = yield started_store(self, self.server)  # a connection of its own, not psd's
+        result = yield assert_exact(self, observer, [p for _, ps in requests for p in ps], name,
+                                    f"{len(requests)} requests, answers {dict(self.stats)}")
+        return result
 
 
 class RedisRestartTests(FaultTestCase):
