@@ -7,12 +7,16 @@ points for ``--users`` users through HTTP, then measures with wrk:
 
 - a 30-day single-user sum (``GET /v1/query/...``, the original psd's route),
 - ``POST /v1/mumt_query`` for 50 users x 2 metrics over 30 days,
-- ``POST /v1/leaderboard`` of 1,000 and of 10,000 users over 30 days.
+- ``POST /v1/leaderboard`` of 1,000 and of 10,000 users over 30 days,
+- ``GET /health/ping``: no Redis at all, the floor that Klein and twisted.web set.
 
-For each it reports p50/p99 at few connections, requests/s at many, psd's CPU,
-and the hash reads (HGETALL/HVALS inside the read script, SMEMBERS) per
-request, counted by Redis itself (INFO commandstats).  wrk is closed-loop: a
-connection sends its next request when the previous answer arrived.
+For each it reports p50/p99 at few connections, requests/s at many, psd's and
+Redis' CPU per request, and the hash reads per request (HGETALL/HGET/HVALS inside
+the read script, SMEMBERS inside lua/members.lua), counted by Redis itself (INFO
+commandstats), then prints it all as one table.  The load average is printed
+before each shape: the machine may be shared, so CPU per request is the figure
+to compare between runs.  wrk is closed-loop: a connection sends its next
+request when the previous answer arrived.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def shapes(users: int) -> list[Shape]:
     form = "application/x-www-form-urlencoded"
     board = lambda n: json.dumps({"uids": list(range(1, n + 1)), "metric": "points", "from": START, "to": END}).encode()
     found = [
+        Shape("ping, no Redis (/health/ping)", "GET", "/health/ping", b"", "", 4, 32, "the Klein floor"),
         Shape("sum, 1 user, 30 days (/v1/query)", "GET", f"/v1/query/42/points/all/{START}/{END}", b"", "", 4, 32,
               "<= 2 ms p50; Go psd 2,662 req/s, p50 1.4 ms"),
         Shape("mumt_query, 50 users x 2 metrics", "POST", f"/v1/mumt_query/all/{START}/{END}",
@@ -155,7 +160,7 @@ def redis_cli(port: int, *args: str) -> str:
 def hash_reads(port: int) -> dict[str, int]:
     stats = redis_cli(port, "INFO", "commandstats")
     return {name: int(calls) for name, calls in re.findall(r"cmdstat_(\w+):calls=(\d+)", stats)
-            if name in ("hgetall", "hvals", "smembers", "evalsha")}
+            if name in ("hgetall", "hget", "hvals", "smembers", "evalsha")}
 
 
 def redis_cpu_seconds(port: int) -> float:
@@ -166,6 +171,17 @@ def redis_cpu_seconds(port: int) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| shape | p50 / p99 ms (conn) | req/s (conn) | psd CPU ms/req | Redis CPU ms/req "
+          "| hash reads/req (HGETALL) + SMEMBERS | script calls/req | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['shape']} | {r['p50_ms']:g} / {r['p99_ms']:g} ({r['latency_connections']}) "
+              f"| {r['req_per_s']:,.1f} ({r['throughput_connections']}) | {r['psd_cpu_ms_per_request']:g} "
+              f"| {r['redis_cpu_ms_per_request']:g} | {r['hash_reads_per_request']:g} ({r['hgetall_per_request']:g}) "
+              f"+ {r['smembers_per_request']:g} | {r['script_calls_per_request']:g} | {r['target']} |")
 
 
 def main() -> int:
@@ -200,6 +216,8 @@ def main() -> int:
 
         results = []
         for shape in shapes(options.users):
+            print(f"load average before {shape.name}: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+                  flush=True)
             script = wrk_script(shape, work)
             url = base + shape.path
             redis_cli(redis_port, "CONFIG", "RESETSTAT")
@@ -217,7 +235,8 @@ def main() -> int:
                             "non_2xx": latency.errors + throughput.errors, "psd_cpu": round(psd_cpu, 2),
                             "psd_cpu_ms_per_request": round(1000 * psd_cpu_s / latency.requests, 3),
                             "redis_cpu_ms_per_request": round(1000 * redis_cpu_s / latency.requests, 3),
-                            "hash_reads_per_request": round(per_request.get("hgetall", 0) + per_request.get("hvals", 0), 1),
+                            "hash_reads_per_request": round(sum(per_request.get(c, 0) for c in ("hgetall", "hget", "hvals")), 1),
+                            "hgetall_per_request": round(per_request.get("hgetall", 0), 1),
                             "smembers_per_request": round(per_request.get("smembers", 0), 1),
                             "script_calls_per_request": round(per_request.get("evalsha", 0), 1),
                             "target": shape.target})
@@ -227,8 +246,13 @@ def main() -> int:
                   f"{r['req_per_s']:8.1f} req/s (c={shape.throughput_connections})  "
                   f"reads/req {r['hash_reads_per_request']:g} + smembers {r['smembers_per_request']:g} "
                   f"in {r['script_calls_per_request']:g} script calls   non-2xx {r['non_2xx']}   target: {shape.target}", flush=True)
+        print_table(results)
         if options.json:
             Path(options.json).write_text(json.dumps(results, indent=2))
+        failed = [r["shape"] for r in results if r["non_2xx"]]
+        if failed:  # an error answer is cheap: its figures would mean nothing
+            print(f"NOT VALID: non-2xx answers on {', '.join(failed)}", file=sys.stderr)
+            return 1
     finally:
         for process in reversed(processes):
             process.terminate()

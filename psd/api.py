@@ -15,13 +15,14 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from psd import compat, openapi
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
-from psd.leaderboard import board
+from psd.leaderboard import board_json
 from psd.model import WriteUnit, group_parts
-from psd.reader import SumRequest, shifted_request
+from psd.reader import SumRequest, gathered
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
 from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
                             metric_name, parse_count, parse_point)
@@ -185,19 +186,11 @@ class API:
     @app.route("/v1/sum", methods=["POST"])
     @json_route
     def sum_post(self, request):
-        body = decode_json(request.content.read())
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
-        return self._sum(body)
+        return self._sum(_json_object(request))
 
     @defer.inlineCallbacks
     def _sum(self, query: dict):
-        uids = query.get("uids")
-        if not isinstance(uids, list) or not uids:
-            raise InvalidInput("uids must be a non-empty list of user ids")
-        if len(uids) > self._max_uids:
-            raise InvalidInput(f"at most {self._max_uids} uids per query")
-        uids = [integer({"uids": uid}, "uids", 0, MAX_ID) for uid in uids]
+        uids = self._uid_list(query.get("uids"))
         metrics = query.get("metrics")
         if not isinstance(metrics, list) or not metrics:
             raise InvalidInput("metrics must be a non-empty list")
@@ -208,18 +201,8 @@ class API:
         if start > end:
             raise InvalidInput("from must not be after to")
         offsets = self._offsets(query.get("offsets", {}))
-        uids = list(dict.fromkeys(uids))
-        requests = []
-        for uid in uids:
-            offset = offsets.get(uid, 0)
-            window = (max(0, start + offset), min(MAX_TS, end + offset))
-            for metric in metrics:
-                if window[0] <= window[1]:
-                    requests.append(SumRequest(uid, atid, metric, *window))
-        sums = yield self._reader.sums(requests)
-        results = {str(uid): {metric: 0 for metric in metrics} for uid in uids}
-        for request, total in zip(requests, sums):
-            results[str(request.uid)][request.metric] = total
+        sums = iter((yield self._reader.user_sums([(uid, atid) for uid in uids], metrics, start, end, offsets)))
+        results = {str(uid): {metric: next(sums) for metric in metrics} for uid in uids}
         return {"from": start, "to": end, "atid": atid, "results": results}
 
     @staticmethod
@@ -275,12 +258,12 @@ class API:
         limit = integer(body, "limit", 1, self._max_uids, default=len(uids))
         compare_to = integer(body, "compare_to", start, MAX_TS) if "compare_to" in body else None
         offsets = self._offsets(body.get("offsets", {}))
-        windows = [(uid, end) for uid in uids] + ([(uid, compare_to) for uid in uids] if compare_to is not None else [])
-        values = yield self._sums_or_zero(
-            [shifted_request(uid, atid, metric, start, until, offsets.get(uid, 0)) for uid, until in windows])
-        now = dict(zip(uids, values[: len(uids)]))
-        then = dict(zip(uids, values[len(uids):])) if compare_to is not None else None
-        return board(now, then, limit)
+        users = [(uid, atid) for uid in uids]
+        ends = [end] if compare_to is None else [end, compare_to]
+        values = yield gathered([self._reader.user_sums(users, [metric], start, until, offsets) for until in ends])
+        now = dict(zip(uids, values[0]))
+        then = dict(zip(uids, values[1])) if compare_to is not None else None
+        return board_json(now, then, limit)  # bytes: json_route sends them as they are
 
     @app.route("/v1/counts", methods=["POST"])
     @json_route
@@ -394,8 +377,7 @@ class API:
 
         def window_sums(pairs):
             """{(uid, atid): [sum per metric]}."""
-            d = self._sums_or_zero([shifted_request(uid, a, metric, start, end, offsets.get(uid, 0))
-                                    for uid, a in pairs for metric in metrics])
+            d = self._reader.user_sums(pairs, metrics, start, end, offsets)
 
             def spread(flat):
                 flat = iter(flat)
@@ -418,16 +400,6 @@ class API:
                 atids[uid] = []
         return sums, atids
 
-    def _sums_or_zero(self, requests: list) -> defer.Deferred:
-        """Sums in order; 0 where the request is None (a window shifted out of the stored range)."""
-        d = self._reader.sums([r for r in requests if r is not None])
-
-        def spread(found):
-            found = iter(found)
-            return [0 if r is None else next(found) for r in requests]
-
-        return d.addCallback(spread)
-
     def _submit(self, request, keyed: list) -> defer.Deferred:
         """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates."""
         d = self._writer.submit(WriteUnit(group_parts(keyed, self._idempotency_key(request))))
@@ -442,11 +414,23 @@ class API:
 
 
 def _text_args(request) -> dict[str, str]:
-    """Query-string and form fields (the last value of each), as text."""
+    """Query-string and form fields (the last value of each; form fields after the query's), as text.
+
+    The form body is parsed here: psd's Site does not parse POST forms (JSON is
+    what most routes take), but the original psd's routes send ``ids=1,2``.
+    """
+    fields = dict(request.args)
+    content_type = request.getHeader(b"content-type") or b""
+    if request.method == b"POST" and content_type.split(b";")[0].strip().lower() == FORM_TYPE:
+        request.content.seek(0)
+        fields.update(parse_qs(request.content.read(), 1))  # bytes, as twisted.web parses forms
     try:
-        return {k.decode(): v[-1].decode("utf-8") for k, v in request.args.items()}
+        return {k.decode(): v[-1].decode("utf-8") for k, v in fields.items()}
     except UnicodeDecodeError:
         raise InvalidInput("query and form fields must be UTF-8") from None
+
+
+FORM_TYPE = b"application/x-www-form-urlencoded"
 
 
 def _json_object(request) -> dict:

@@ -111,6 +111,9 @@ class BrokenReader:
     def sums(self, requests):
         raise ZeroDivisionError("a bug deep inside")
 
+    def user_sums(self, users, metrics, start, end, offsets=None):
+        raise ZeroDivisionError("a bug deep inside")
+
 
 class InternalErrorTests(SynchronousTestCase):
     def test_no_traceback_in_the_answer(self):

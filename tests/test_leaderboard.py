@@ -23,3 +23,28 @@ class RankingTests(SynchronousTestCase):
 
     def test_board_without_compare_has_no_previous_fields(self):
         self.assertEqual(board({5: 0}), {"total": 1, "entries": [{"rank": 1, "uid": "5", "value": 0}]})
+
+    def test_board_json_is_what_json_dumps_gives(self):
+        """The hand-written encoding against json.dumps of the answer built the plain way."""
+        import json
+        import random
+
+        from psd.leaderboard import board_json
+
+        def reference(values, previous, limit):
+            earlier = {s.uid: s for s in standings(previous)} if previous is not None else None
+            entries = []
+            for s in standings(values)[:limit]:
+                entry = {"rank": s.rank, "uid": str(s.uid), "value": s.value}
+                if earlier is not None:
+                    entry["previous_rank"], entry["previous_value"] = earlier[s.uid].rank, earlier[s.uid].value
+                entries.append(entry)
+            return json.dumps({"entries": entries, "total": len(values)}, separators=(",", ":")).encode()
+
+        rng = random.Random(2)
+        for _ in range(200):
+            uids = rng.sample(range(0, 10**6), rng.randrange(1, 60))
+            values = {uid: rng.choice([0, rng.randrange(-5, 5), 2**60]) for uid in uids}
+            previous = {uid: rng.randrange(-3, 3) for uid in uids} if rng.random() < 0.5 else None
+            limit = rng.choice([None, 1, 3, 100])
+            self.assertEqual(board_json(values, previous, limit), reference(values, previous, limit))

@@ -47,6 +47,7 @@ class QueryTestCase(TestCase):
     """A psd API on a free port over a fresh redis-server; ``self.model`` mirrors what was written."""
 
     max_reads_per_call = 50  # small, so that every query shape spans several script calls
+    parse_forms = True  # psd's own Site (psd.web.GuardedSite) leaves POST forms unparsed
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -56,7 +57,7 @@ class QueryTestCase(TestCase):
         layout = Layout()
         self.writer = Writer(reactor, store, layout, window=0.001)
         self.api = API(self.writer, Reader(store, layout, self.max_reads_per_call), store, METRICS)
-        site = Site(self.api.resource())
+        site = Site(self.api.resource(), parsePOSTFormSubmission=self.parse_forms)
         site.displayTracebacks = False
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -397,6 +398,12 @@ class CompatibleRouteTests(QueryTestCase):
                      {"thing": "points", "uid": "1", "value": 5, "ts2": t}):
             yield self.bad("POST", "/v1/write", json_body=body)
         yield self.bad("POST", "/v1/write", raw=b"thing=points&uid=1")
+
+
+class CompatibleRoutesOnASiteThatDoesNotParseFormsTests(CompatibleRouteTests):
+    """The daemon's Site does not parse POST forms: the original's form routes parse them themselves."""
+
+    parse_forms = False
 
 
 class OpenAPITests(QueryTestCase):
