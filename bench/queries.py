@@ -27,7 +27,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,9 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import free_port, wait_http  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 END = 1719754031  # 2024-06-30 13:27:11 UTC: a window with ragged edges, as real "last 30 days" are
@@ -51,26 +53,6 @@ class Shape(NamedTuple):
     latency_connections: int
     throughput_connections: int
     target: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer")
-        time.sleep(0.1)
 
 
 def post(url: str, body: bytes, content_type: str = "application/json") -> bytes:
@@ -208,7 +190,7 @@ def main() -> int:
             env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=work)
         processes.append(psd)
         base = f"http://127.0.0.1:{http_port}"
-        wait_for(base + "/health")
+        wait_http(http_port, "/health")
         started = time.monotonic()
         points = seed(base, options.users, random.Random(1))
         print(f"load average before measuring: {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
