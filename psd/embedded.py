@@ -43,6 +43,11 @@ def find_server_binary(configured: str = "") -> str:
                             "or set [embedded] binary")
 
 
+def socket_path(data_dir: str) -> str:
+    """Where the embedded store of ``data_dir`` listens (also what --workers processes connect to)."""
+    return str(Path(data_dir).absolute() / "redis.sock")
+
+
 class _ServerProcess(protocol.ProcessProtocol):
     log = Logger()
 
@@ -67,7 +72,7 @@ class EmbeddedRedis(Service):
     def __init__(self, reactor, data_dir: str, binary: str = "", max_backoff: float = 30.0):
         self._reactor = reactor
         self.data_dir = Path(data_dir).absolute()
-        self.socket_path = str(self.data_dir / "redis.sock")
+        self.socket_path = socket_path(data_dir)
         self._binary = binary
         self._max_backoff = max_backoff
         self._process = None

@@ -11,6 +11,7 @@ from twisted.python import usage
 from psd import config
 from psd.api import API, is_write
 from psd.embedded import EmbeddedRedis, find_server_binary
+from psd.embedded import socket_path as embedded_socket_path
 from psd.keys import Layout
 from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
@@ -202,7 +203,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
     root = StopInOrder()
 
     redis_url = settings.redis["url"]
-    if redis_url == "embedded":
+    if redis_url == "embedded" and options["inherited-fd"] is not None:
+        # a --workers process: the first process runs the embedded store, the workers share it
+        redis_url = "unix://" + embedded_socket_path(settings.embedded["data_dir"])
+    elif redis_url == "embedded":
         embedded = EmbeddedRedis(reactor, settings.embedded["data_dir"], settings.embedded["binary"])
         embedded.setServiceParent(root)
         redis_url = embedded.url

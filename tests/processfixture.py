@@ -57,6 +57,14 @@ class PsdProcess:
     def call(self, method: str, path: str, body=None, headers=None):
         return http_call(self.port, method, path, body, headers)
 
+    def rss(self) -> int:
+        """Resident memory of the psd process in bytes (0 when it is not running)."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as status:
+                return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+        except (AttributeError, OSError, StopIteration):
+            return 0
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)

@@ -14,8 +14,11 @@ import subprocess
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
 
+from psd.keys import Layout
 from psd.store import RedisAddress, RedisStore
+from psd.writer import Writer
 
 
 def free_port() -> int:
@@ -95,3 +98,15 @@ def started_store(testcase, server: RedisServer, reply_timeout: float = 5.0):
         yield task.deferLater(reactor, 0.02, lambda: None)
     yield store.load_scripts()
     return store
+
+
+class StoreTestCase(TestCase):
+    """A real redis-server, a RedisStore on it and a Writer with a 1 ms window."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.server = RedisServer(self)
+        yield self.server.start()
+        self.store = yield started_store(self, self.server)
+        self.layout = Layout()
+        self.writer = Writer(reactor, self.store, self.layout, window=0.001)

@@ -64,15 +64,22 @@ class NSQFaultTestCase(TestCase):
         return self.nsqd.channel_stats("psd", "psd")
 
 
+#: The soak variant: PSD_SOAK_MESSAGES=1000000 make test (or trial tests.test_nsq_faults.KillTests)
+KILL_TEST_MESSAGES = int(os.environ.get("PSD_SOAK_MESSAGES", "100000"))
+
+
 class KillTests(NSQFaultTestCase):
+    timeout = max(600, KILL_TEST_MESSAGES // 200)
+
     @defer.inlineCallbacks
     def test_kill_9_every_few_seconds_while_100k_messages_flow(self):
-        points = messages(100_000)
+        points = messages(KILL_TEST_MESSAGES)
         self.psd.start()
         publishing = self.publish(points)
-        kills = 0
+        kills, peak_rss = 0, 0
         while True:
             yield task.deferLater(reactor, 2.0, lambda: None)
+            peak_rss = max(peak_rss, self.psd.rss())
             stats = yield self.processed()
             if publishing.called and not (stats["depth"] or stats["in_flight_count"]):
                 break
@@ -81,7 +88,8 @@ class KillTests(NSQFaultTestCase):
             self.psd.start(healthy=False)
         yield publishing
         self.assertGreaterEqual(kills, 3)
-        stats = yield self.check_oracle(points, "psd kill -9 under NSQ", kills=kills)
+        stats = yield self.check_oracle(points, "psd kill -9 under NSQ", kills=kills,
+                                        peak_rss_mb=round(peak_rss / 2**20, 1))
         self.assertGreater(stats["timeout_count"] + stats["requeue_count"], 0)
 
 

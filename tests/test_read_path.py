@@ -7,17 +7,15 @@ import random
 from collections import defaultdict
 
 import txredisapi
-from twisted.internet import defer, reactor
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
 
 from psd.buckets import point_fields
-from psd.keys import Layout
 from psd.model import Part, Point, WriteUnit
 from psd.reader import Reader, SumRequest, _template
 from psd.store import EncodedArgs, FastEncodingProtocol, parse_sums
 from psd.validation import MAX_TS
-from psd.writer import Writer
-from tests.redisfixture import RedisServer, started_store
+from tests.redisfixture import StoreTestCase
 
 END = 1719754031  # 2024-06-30 13:27:11 UTC
 START = END - 30 * 86400 + 1
@@ -110,16 +108,12 @@ class EncoderTests(SynchronousTestCase):
         self.assertEqual(parse_sums(""), [])
 
 
-class ReadScriptTests(TestCase):
+class ReadScriptTests(StoreTestCase):
     """lua/read.lua on a real Redis: every kind of read, negative and huge values, split calls."""
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.server = RedisServer(self)
-        yield self.server.start()
-        self.store = yield started_store(self, self.server)
-        self.layout = Layout()
-        self.writer = Writer(reactor, self.store, self.layout, window=0.001)
+        yield super().setUp()
         self.hashes = defaultdict(lambda: defaultdict(int))
         self.points = []
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet import defer
 
 from psd.errors import RejectedByStore
-from psd.keys import Layout
 from psd.model import Count, Part, Point, WriteUnit, group_parts
 from psd.reader import Reader, SumRequest
-from psd.writer import Writer
-from tests.redisfixture import RedisServer, started_store
+from tests.redisfixture import RedisServer, StoreTestCase
 
 SEED_TS = 1458061005  # 2016-03-15 16:56:45 UTC
 
@@ -25,14 +22,10 @@ def points_unit(*points: Point, key=None) -> WriteUnit:
     return WriteUnit((Part(key, tuple(points)),))
 
 
-class StoreTestCase(TestCase):
+class StoreTests(StoreTestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.server = RedisServer(self)
-        yield self.server.start()
-        self.store = yield started_store(self, self.server)
-        self.layout = Layout()
-        self.writer = Writer(reactor, self.store, self.layout, window=0.001)
+        yield super().setUp()
         self.reader = Reader(self.store, self.layout, max_reads_per_call=7)
 
     def write(self, *points: Point, key=None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -82,6 +84,15 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--data-dir", self.mktemp()])
         service = makeService(options, MemoryReactorClock())
         self.assertEqual([s.name for s in service], ["embedded-store", "store", "writer", "http"])
+
+    def test_workers_share_the_first_process_embedded_store(self):
+        data_dir = self.mktemp()
+        options = Options()
+        options.parseOptions(["--data-dir", data_dir, "--inherited-fd", "3"])
+        service = makeService(options, MemoryReactorClock())
+        self.assertEqual([s.name for s in service], ["store", "writer", "http"])
+        self.assertEqual(service.getServiceNamed("store").store.address.path,
+                         os.path.join(os.path.abspath(data_dir), "redis.sock"))
 
     def test_roles(self):
         def names(*args):
