@@ -14,7 +14,7 @@ test: system-deps $(STAMP) nsq
 	PYTHONPATH=. $(PY) -m twisted.trial -j2 tests
 
 unit: $(STAMP)
-	PYTHONPATH=. $(PY) -m twisted.trial tests.test_buckets tests.test_validation tests.test_writer tests.test_web \
+	PYTHONPATH=. $(PY) -m twisted.trial tests.test_buckets tests.test_validation tests.test_coalesce tests.test_writer tests.test_web \
 		tests.test_series tests.test_leaderboard tests.test_compat tests.test_fastjson \
 		tests.test_nsq_framing tests.test_nsq_messages tests.test_nsq_protocol tests.test_nsq_consumer
 
