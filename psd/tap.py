@@ -17,7 +17,7 @@ from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
-from psd.web import GuardedSite, TokenGuard
+from psd.web import GuardedSite, RequestGuard
 from psd.workers import http_service
 from psd.writer import Writer
 
@@ -234,7 +234,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     h = settings.http
     api = API(writer, reader, store, metrics, max_points=h["max_points"], max_uids=settings.query["max_uids"],
               health_checks=health_checks)
-    guarded = TokenGuard(api.resource(), is_write, options.write_token, h["read_token"])
+    guarded = RequestGuard(api.resource(), is_write, options.write_token, h["read_token"])
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
                        max_connections=h["max_connections"])
     if not h["access_log"]:

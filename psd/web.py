@@ -132,8 +132,13 @@ class GuardedSite(server.Site):
         return super().buildProtocol(addr)
 
 
-class TokenGuard(resource.Resource):
-    """Requires ``Authorization: Bearer <token>`` on writes, and on reads if a read token is set."""
+class RequestGuard(resource.Resource):
+    """The checks every request passes before the Klein app sees it.
+
+    A path that is not UTF-8 is a JSON 400 (Klein would answer HTML and log a
+    traceback); ``Authorization: Bearer <token>`` is required on writes, and
+    on reads if a read token is set.
+    """
 
     isLeaf = True
 
@@ -145,13 +150,21 @@ class TokenGuard(resource.Resource):
         self._read_token = read_token.encode()
 
     def render(self, request):
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return _json_error(request, 400, "the path must be UTF-8")
         token = self._write_token if self._is_write(request.method, request.path) else self._read_token
         if token and not _bearer_matches(request, token):
-            request.setResponseCode(401)
-            request.setHeader(b"Content-Type", b"application/json")
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="psd"')
-            return json.dumps({"error": "a valid bearer token is required"}).encode()
+            return _json_error(request, 401, "a valid bearer token is required")
         return self._wrapped.render(request)
+
+
+def _json_error(request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps({"error": message}).encode()
 
 
 def _bearer_matches(request, token: bytes) -> bool:

@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from psd.web import GuardedSite, TokenGuard
+from psd.web import GuardedSite, RequestGuard
 
 
 class Echo(Resource):
@@ -97,7 +97,7 @@ class TokenTests(SynchronousTestCase):
         return transport.value()
 
     def test_write_token(self):
-        guard = TokenGuard(Echo(), lambda method, path: method == b"POST", write_token="s3cret")
+        guard = RequestGuard(Echo(), lambda method, path: method == b"POST", write_token="s3cret")
         self.assertIn(b" 401 ", self.request(guard, b"POST"))
         self.assertIn(b" 401 ", self.request(guard, b"POST", b"Authorization: Bearer wrong\r\n"))
         self.assertIn(b" 401 ", self.request(guard, b"POST", b"Authorization: Basic s3cret\r\n"))
@@ -105,6 +105,20 @@ class TokenTests(SynchronousTestCase):
         self.assertIn(b"got 0", self.request(guard, b"GET"))
 
     def test_read_token(self):
-        guard = TokenGuard(Echo(), lambda method, path: False, read_token="r")
+        guard = RequestGuard(Echo(), lambda method, path: False, read_token="r")
         self.assertIn(b" 401 ", self.request(guard, b"GET"))
         self.assertIn(b"got 0", self.request(guard, b"GET", b"Authorization: bearer r\r\n"))
+
+
+class PathTests(SynchronousTestCase):
+    def test_a_path_that_is_not_utf8_is_a_json_400(self):
+        site = GuardedSite(RequestGuard(Echo(), lambda method, path: False), MemoryReactorClock(), max_body_bytes=10,
+                           request_timeout=5, max_connections=9)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /v1/%ff HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400 "), head)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertIn(b"the path must be UTF-8", body)
