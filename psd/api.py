@@ -173,7 +173,7 @@ class API:
     @app.route("/v1/sum", methods=["GET"])
     @json_route
     def sum_get(self, request):
-        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        args = _text_args(request)
         query = {
             "uids": [integer_text(u, "uids", 0, MAX_ID) for u in split_list(args.get("uids"), "uids")],
             "metrics": split_list(args.get("metrics"), "metrics"),

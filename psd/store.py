@@ -138,6 +138,7 @@ class RedisStore:
         self.write_script = Script("write")
         self.read_script = Script("read")
         self.members_script = Script("members")
+        self.scripts = (self.write_script, self.read_script, self.members_script)
         self._pools: dict = {}
 
     def start(self) -> None:
@@ -174,11 +175,11 @@ class RedisStore:
     @defer.inlineCallbacks
     def load_scripts(self):
         """SCRIPT LOAD every script (also done lazily on NOSCRIPT)."""
-        for script in (self.write_script, self.read_script, self.members_script):
+        for script in self.scripts:
             sha = yield self._command("write", "SCRIPT", "LOAD", script.source)
             if sha != script.sha:
                 raise RuntimeError(f"Redis hashed lua/{script.name}.lua as {sha}, expected {script.sha}")
-        return [self.write_script.sha, self.read_script.sha, self.members_script.sha]
+        return [script.sha for script in self.scripts]
 
     def write(self, keys: list, args: list) -> defer.Deferred:
         return self._evalsha("write", self.write_script, keys, args)

@@ -145,8 +145,8 @@ class StoreService(Service):
             self.log.debug("store not ready: {error}", error=e)
             return
         self.log.info("store ready at {url}", url=self.store.address.url)
-        self.log.info("scripts loaded: write {write}, read {read}",
-                      write=self.store.write_script.sha, read=self.store.read_script.sha)
+        self.log.info("scripts loaded: {scripts}",
+                      scripts=", ".join(f"{script.name} {script.sha}" for script in self.store.scripts))
         self._loop.stop()
 
     def stopService(self):
