@@ -98,11 +98,6 @@ class Reader:
         self._layout = layout
         self._max_reads = max_reads_per_call
 
-    def hash_reads(self, request: SumRequest) -> list[tuple[str, str, str]]:
-        """(hash key, first field, last field) per read; '' fields = the whole hash."""
-        prefix = self._layout.hash_prefix(request.uid, request.atid, request.metric)
-        return [(prefix + r.bucket, r.first or "", r.last or "") for r in _reads(request.start, request.end)]
-
     def sums(self, requests: list[SumRequest]) -> defer.Deferred:
         """Exact sums, in the order of ``requests``."""
         prefix = self._layout.hash_prefix
