@@ -78,9 +78,6 @@ class SharedPortService(Service):
                           reason=reason.value, delay=RESTART_DELAY)
             self._reactor.callLater(RESTART_DELAY, self._start_worker, worker.index)
 
-    def worker_pids(self) -> list[int]:
-        return [w.transport.pid for w in self._workers.values() if w.transport is not None and w.transport.pid]
-
     def stopService(self):
         super().stopService()
         stopping = []
