@@ -23,6 +23,7 @@ from psd.writer import Writer
 from tests.psdfixture import started_psd
 from tests.redisfixture import RedisServer
 from tests.test_writer import TS, RecordingStore, unit
+from tests.writeargs import increments
 
 
 def spread_unit(first_uid: int, points: int) -> WriteUnit:
@@ -38,8 +39,7 @@ class ScriptSizeTests(SynchronousTestCase):
                              max_in_flight=100)
 
     def increments(self, call) -> int:
-        _, (_, _, incr, _, _), _ = call
-        return sum(len(fields) // 2 for fields in incr)
+        return len(increments(call[1]))
 
     def test_calls_are_split_at_the_increment_cap(self):
         for uid in range(0, 400, 10):

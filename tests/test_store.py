@@ -150,10 +150,23 @@ class StoreTests(StoreTestCase):
         yield self.write(Point(7, 2, "points", 5, SEED_TS))
         keys = ("hz:7:2:points:2016", "hz:7:0:points:2016", "hz:7:2:points:201603151656")
         before = {key: hgetall(self.server, key) for key in keys}
-        # uid 7's fields exist, uid 8 is new, and uid 9's minute hash overflows, last in the call
-        self.server.call("HSET", "hz:9:0:points:201603151656", "20160315165645", str(2**63 - 5))
+        # uid 7's fields exist, uid 8 is new, and uid 9's year hash overflows: year hashes come last
+        self.server.call("HSET", "hz:9:0:points:2016", "201603", str(2**63 - 5))
         d = self.write(Point(7, 2, "points", 3, SEED_TS), Point(8, 4, "points", 1, SEED_TS + 1),
                        Point(9, 0, "points", 10, SEED_TS))
         yield self.assertFailure(d, RejectedByStore)
         self.assertEqual({key: hgetall(self.server, key) for key in keys}, before)
-        self.assertEqual(self.server.call("EXISTS", "hz:8:4:points:2016", "hz:8:0:points:2016", "hza:8"), b":0\r\n")
+        self.assertEqual(self.server.call("EXISTS", "hz:8:4:points:2016", "hz:8:0:points:2016", "hza:8",
+                                          "hz:9:0:points:201603151656"), b":0\r\n")
+
+    @defer.inlineCallbacks
+    def test_undo_of_a_set_total_that_overflows(self):
+        """The set-total difference is written after the plain increments; its failure undoes them too."""
+        yield self.write(Point(6, 1, "steps", 0, SEED_TS, aid=3, total=10))
+        self.server.call("HSET", "hz:6:0:steps:2016", "201603", str(2**63 - 20))
+        d = self.write(Point(6, 1, "steps", 0, SEED_TS + 5, aid=3, total=40), Point(5, 0, "steps", 2, SEED_TS))
+        yield self.assertFailure(d, RejectedByStore)
+        self.assertEqual(hgetall(self.server, "hzt:6:steps"), {"3": "10"})
+        self.assertEqual(hgetall(self.server, "hz:6:1:steps:201603151656"), {"20160315165645": "10"})
+        self.assertEqual(hgetall(self.server, "hz:6:1:steps:2016"), {"201603": "10"})
+        self.assertEqual(self.server.call("EXISTS", "hz:5:0:steps:2016", "hza:5"), b":0\r\n")

@@ -16,6 +16,7 @@ from psd.errors import Overloaded, RejectedByStore, StoreUnavailable
 from psd.keys import Layout
 from psd.model import Part, Point, UnitResult, WriteUnit
 from psd.writer import Writer
+from tests.writeargs import increments
 
 TS = 1458061005
 
@@ -46,10 +47,9 @@ class WriterTests(SynchronousTestCase):
         self.assertEqual(self.store.calls, [])
         self.clock.advance(0.005)
         self.assertEqual(len(self.store.calls), 1)
-        keys, (ttl, nd, incr, totals, members), reply = self.store.calls[0]
-        self.assertEqual(nd, 0)
-        self.assertEqual(keys[0], "hz:1:0:points:2016")
-        self.assertEqual(incr[0], ["201603", 5])
+        keys, args, reply = self.store.calls[0]
+        self.assertEqual(keys, [])
+        self.assertEqual(increments(args)[("hz:1:0:points:2016", "201603")], 5)
         self.assertNoResult(d1)
         reply.callback([0])
         self.assertEqual(self.successResultOf(d1), UnitResult(1, 0))
@@ -90,17 +90,18 @@ class WriterTests(SynchronousTestCase):
         keys, args, reply = self.store.calls[0]
         self.assertEqual(keys[:2], ["hz:id:h:a", "hz:id:h:b"])
         reply.callback([1, 2])
-        keys, (ttl, nd, incr, totals, members), reply = self.store.calls[1]
-        self.assertEqual(keys[0], "hz:id:h:a")
-        self.assertNotIn("hz:2:0:points:2016", keys)
+        keys, args, reply = self.store.calls[1]
+        self.assertEqual(keys, ["hz:id:h:a"])
+        self.assertNotIn("hz:2:0:points:", args[1])
         reply.callback([0])
         self.assertEqual([self.successResultOf(d) for d in (d1, d2, d3)], [(1, 0), (0, 1), (1, 0)])
 
     def test_same_key_twice_in_one_batch(self):
         d1, d2 = self.writer.submit(unit(1, 5, key="h:a")), self.writer.submit(unit(1, 5, key="h:a"))
         self.clock.advance(0.005)
-        keys, (ttl, nd, incr, totals, members), reply = self.store.calls[0]
-        self.assertEqual((nd, incr[0]), (1, ["201603", 5]))
+        keys, args, reply = self.store.calls[0]
+        self.assertEqual(keys, ["hz:id:h:a"])
+        self.assertEqual(increments(args)[("hz:1:0:points:2016", "201603")], 5)
         reply.callback([0])
         self.assertEqual([self.successResultOf(d) for d in (d1, d2)], [(1, 0), (0, 1)])
 
