@@ -11,6 +11,7 @@ import functools
 import json
 from typing import Callable, Optional
 
+import orjson
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -83,9 +84,16 @@ def _answer(request, status: int, body) -> bytes:
     if isinstance(body, bytes):  # a plain-text answer (the original psd's routes); the handler set its type
         content = body
     else:
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = _json_bytes(body)
     request.setHeader(b"Content-Length", b"%d" % len(content))  # one write, no chunked framing
     return content
+
+
+def _json_bytes(body) -> bytes:
+    try:
+        return orjson.dumps(body)  # ~5x faster than json: this is every write's answer
+    except TypeError:  # integers beyond 64 bits (exact sums can be), keys that are not strings
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def split_list(text: Optional[str], field: str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import msgpack
 
-from psd.buckets import DAY, HOUR, MONTH, YEAR
+from psd.buckets import DAY, HOUR, MINUTE, MONTH, YEAR
 from psd.keys import Layout
 from psd.model import WriteUnit
 
@@ -31,12 +31,12 @@ class Batch:
     once per batch in :meth:`script_args`.
     """
 
-    def __init__(self, layout: Layout, dedupe_ttl: int, minute_names: Optional[dict] = None):
+    def __init__(self, layout: Layout, dedupe_ttl: int, day_names: Optional[dict] = None):
         self.layout = layout
         self.dedupe_ttl = dedupe_ttl
         self.units: list[WriteUnit] = []
         self.points = 0
-        self._minute_names = minute_names if minute_names is not None else {}
+        self._day_names = day_names if day_names is not None else {}
         self._seconds: dict = {}
         self._minutes: set = set()
         self._hours: set = set()
@@ -100,9 +100,11 @@ class Batch:
         layout = self.layout
         prefixes: list[str] = []
         indexes: dict = {}  # (uid, atid, metric) or a count name -> its prefix's index, from 1
+        seconds_in_series = [0]  # per prefix index
 
         def index_of(series, prefix: str) -> int:
             prefixes.append(prefix)
+            seconds_in_series.append(0)
             index = indexes[series] = len(prefixes)
             return index
 
@@ -112,11 +114,18 @@ class Batch:
                 continue
             for written_atid in ((atid, 0) if atid else (0,)):
                 series = (uid, written_atid, metric)
-                key = (indexes.get(series) or index_of(series, layout.hash_prefix(*series)), ts)
-                seconds[key] = seconds.get(key, 0) + value
+                index = indexes.get(series) or index_of(series, layout.hash_prefix(*series))
+                key = (index, ts)
+                if key in seconds:
+                    seconds[key] += value
+                else:
+                    seconds[key] = value
+                    seconds_in_series[index] += 1
         for (name, ts), value in self._counts.items():
-            seconds[(indexes.get(name) or index_of(name, layout.count_prefix_of(name)), ts)] = value
-        hashes = fan_out(seconds, self._minute_names)
+            index = indexes.get(name) or index_of(name, layout.count_prefix_of(name))
+            seconds[(index, ts)] = value
+            seconds_in_series[index] += 1
+        hashes = fan_out(seconds, seconds_in_series, self._day_names)
 
         totals_args = []
         for point in self._totals:
@@ -124,7 +133,7 @@ class Batch:
             for atid in ((point.atid, 0) if point.atid else (0,)):
                 series = (point.uid, atid, point.metric)
                 targets.append(indexes.get(series) or index_of(series, layout.hash_prefix(*series)))
-            second = _minute_name(self._minute_names, point.ts // 60) + _TWO_DIGITS[point.ts % 60]
+            second = _second_name(self._day_names, point.ts)
             totals_args.append([layout.totals_key(point.uid, point.metric), str(point.aid), point.total,
                                 targets, second])
         members = []
@@ -136,43 +145,56 @@ class Batch:
         return seen_keys, [argv]
 
 
-def fan_out(seconds: dict, minute_names: dict) -> list:
+def fan_out(seconds: dict, seconds_in_series: list, day_names: dict) -> list:
     """{(series, ts): delta} -> the hashes to increment, flat: series, bucket, n, n x (field, delta), ...
 
-    The minute hashes get a field per second; each coarser level gets, per
-    child bucket, the sum of the child's fields, so a level costs one pass
-    over the level below it.  Zero deltas are left out.  Flat, because the
-    script would otherwise build a Lua table per hash (measured: a quarter
-    of Redis' time for uniform points).
+    A series (prefix) with one second in the batch, the common case, gets its
+    five hashes of one field each at once.  Otherwise the minute hashes get a
+    field per second and each coarser level, per child bucket, the sum of the
+    child's fields: one pass per level over the level below.  Zero deltas are
+    left out.  Flat, because the script would otherwise build a Lua table per
+    hash (measured: a quarter of Redis' time for uniform points).
     """
+    flat: list = []
     minute_hashes: dict = {}
+    names: dict = {}  # ts -> second name: a point's two series share it
+    exact = sum(map(abs, seconds.values())) <= MAX_EXACT
     for (series, ts), delta in seconds.items():
         if not delta:
             continue
-        minute = ts // 60
+        second = names.get(ts)
+        if second is None:
+            second = names[ts] = _second_name(day_names, ts)
+        minute = second[:MINUTE]
+        if exact and seconds_in_series[series] == 1:
+            hour, day, month = second[:HOUR], second[:DAY], second[:MONTH]
+            flat += (series, minute, 1, second, delta, series, hour, 1, minute, delta,
+                     series, day, 1, hour, delta, series, month, 1, day, delta,
+                     series, second[:YEAR], 1, month, delta)
+            continue
         key = (series, minute)
         fields = minute_hashes.get(key)
         if fields is None:
-            name = _minute_name(minute_names, minute)
-            minute_hashes[key] = [series, name, 0, name + _TWO_DIGITS[ts - minute * 60], delta]
+            minute_hashes[key] = [series, minute, 0, second, delta]
         else:
-            fields += (fields[1] + _TWO_DIGITS[ts - minute * 60], delta)
+            fields += (second, delta)
     hashes = list(minute_hashes.values())
     level = hashes
     for width in (HOUR, DAY, MONTH, YEAR):
         level = _roll_up(level, width)
         hashes += level
-    if sum(map(abs, seconds.values())) > MAX_EXACT:
+    if not exact:
         _exact_deltas(hashes)
     for fields in hashes:
         fields[2] = (len(fields) - 3) >> 1
-    return list(chain.from_iterable(hashes))
+    flat += chain.from_iterable(hashes)
+    return flat
 
 
 def _roll_up(children: list, width: int) -> list:
     parents: dict = {}
     for child in children:
-        total = sum(child[4::2])
+        total = child[4] if len(child) == 5 else sum(child[4::2])
         if not total:
             continue
         series, name = child[0], child[1]
@@ -186,13 +208,16 @@ def _roll_up(children: list, width: int) -> list:
     return list(parents.values())
 
 
-def _minute_name(cache: dict, minute: int) -> str:
-    name = cache.get(minute)
+def _second_name(day_names: dict, ts: int) -> str:
+    """``YYYYMMDDHHMMSS``: strftime once per day, the rest from digits."""
+    day, in_day = divmod(ts, 86400)
+    name = day_names.get(day)
     if name is None:
-        if len(cache) >= _NAMES_CACHE_SIZE:
-            cache.clear()
-        name = cache[minute] = time.strftime("%Y%m%d%H%M", time.gmtime(minute * 60))
-    return name
+        if len(day_names) >= _NAMES_CACHE_SIZE:
+            day_names.clear()
+        name = day_names[day] = time.strftime("%Y%m%d", time.gmtime(day * 86400))
+    hour, in_hour = divmod(in_day, 3600)
+    return name + _TWO_DIGITS[hour] + _TWO_DIGITS[in_hour // 60] + _TWO_DIGITS[in_hour % 60]
 
 
 def _exact_deltas(hashes: list) -> None:

@@ -56,7 +56,7 @@ class WriteUnit(NamedTuple):
     parts: tuple
 
     def size(self) -> int:
-        return sum(part.size() for part in self.parts)
+        return sum([len(part.points) + len(part.counts) for part in self.parts])
 
 
 class UnitResult(NamedTuple):
@@ -85,6 +85,6 @@ def group_parts(keyed_items: list, unit_key: Optional[str] = None) -> tuple:
 
 
 def _part(dedupe_key: Optional[str], items: list) -> Part:
-    points = tuple(item for item in items if isinstance(item, Point))
-    counts = tuple(item for item in items if isinstance(item, Count))
+    points = tuple([item for item in items if type(item) is Point])
+    counts = tuple([item for item in items if type(item) is Count]) if len(points) < len(items) else ()
     return Part(dedupe_key, points, counts)

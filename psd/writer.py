@@ -36,7 +36,7 @@ class Writer:
         self._max_script_increments = max_script_increments
         self._max_queue_points = max_queue_points
         self._max_in_flight = max_in_flight
-        self._minute_names: dict = {}
+        self._day_names: dict = {}
         self._filling = None
         self._waiters: list = []
         self._timer = None
@@ -84,7 +84,7 @@ class Writer:
         return d
 
     def _new_batch(self) -> Batch:
-        return Batch(self._layout, self._dedupe_ttl, self._minute_names)
+        return Batch(self._layout, self._dedupe_ttl, self._day_names)
 
     def _window_elapsed(self) -> None:
         self._timer = None

@@ -42,6 +42,8 @@ def parse_message(body: bytes, metrics: frozenset, unit_key: str,
     else:
         items = [parse_point(item, metrics, index) for index, item in enumerate(as_batch(obj, limit))]
     identified = [item for item in items if item[0] is not None]
+    if not identified:  # the common case
+        return WriteUnit(group_parts(items, unit_key=unit_key))
     anonymous = [item for item in items if item[0] is None]
     parts = group_parts(identified)
     if anonymous:
