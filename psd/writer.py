@@ -1,7 +1,8 @@
 """The one write path: HTTP and NSQ submit units, the writer coalesces and flushes.
 
-Units that arrive within ``window`` seconds (or until a batch is full) are
-merged into one call of the write script.  Each unit's Deferred fires only
+Units are merged into one call of the write script: those of one reactor turn
+when Redis has a free call slot, else those that arrive until a slot frees,
+for at most ``window`` seconds (or until the batch is full).  Each unit's Deferred fires only
 when Redis acknowledged the call that holds it, and fails exactly when that
 call failed.  The queue is bounded: past ``max_queue_points`` a submit fails
 at once with :class:`Overloaded`, which HTTP turns into 503 + Retry-After and
@@ -68,7 +69,10 @@ class Writer:
                 or self._filling.increments_estimate() >= self._max_script_increments):
             self._seal()
         elif self._timer is None:
-            self._timer = self._reactor.callLater(self._window, self._window_elapsed)
+            # A free call slot: send at the end of this reactor turn, with whatever else arrived
+            # in it.  Otherwise wait for a slot (see _call_done), at most ``window``.
+            delay = 0 if self._in_flight + len(self._ready) < self._max_in_flight else self._window
+            self._timer = self._reactor.callLater(delay, self._window_elapsed)
         return d
 
     def pending(self) -> int:
@@ -123,6 +127,8 @@ class Writer:
                 batch, waiters = self._ready.popleft()
                 self._answer(batch, waiters, failure=store_error)
         self._send_ready()
+        if self._filling is not None and self._in_flight < self._max_in_flight:
+            self._seal()  # what gathered while Redis was busy goes now, not at the end of its window
         if not self.queued_points and not self._in_flight:
             idle, self._idle = self._idle, []
             for d in idle:

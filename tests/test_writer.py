@@ -56,6 +56,27 @@ class WriterTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d2), UnitResult(1, 0))
         self.assertEqual(self.writer.pending(), 0)
 
+    def test_a_free_slot_sends_at_the_end_of_the_reactor_turn(self):
+        self.writer.submit(unit(1))
+        self.writer.submit(unit(2))
+        self.clock.advance(0)
+        self.assertEqual(len(self.store.calls), 1)
+
+    def test_units_wait_for_a_free_slot(self):
+        """With both call slots busy, units gather until a call returns, and go then."""
+        for uid in (1, 2):
+            self.writer.submit(unit(uid))
+            self.clock.advance(0)
+        self.assertEqual(len(self.store.calls), 2)
+        waiting = [self.writer.submit(unit(uid)) for uid in (3, 4)]
+        self.clock.advance(0.001)
+        self.assertEqual(len(self.store.calls), 2)
+        self.store.calls[0][2].callback([0])
+        self.assertEqual(len(self.store.calls), 3)
+        self.assertEqual(len(increments(self.store.calls[2][1])), 2 * 5)  # both units, atid 0
+        self.store.calls[2][2].callback([0])
+        self.assertEqual([self.successResultOf(d) for d in waiting], [UnitResult(1, 0)] * 2)
+
     def test_full_batch_is_sent_at_once(self):
         for _ in range(10):
             self.writer.submit(unit())
