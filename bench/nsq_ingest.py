@@ -28,6 +28,7 @@ from twisted.web.client import Agent
 from psd.keys import Layout
 from psd.nsq.consumer import NSQConsumer
 from psd.store import RedisAddress, RedisStore
+from psd.tap import StartupObjectsFrozen
 from psd.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,12 +98,15 @@ async def run_variant(reactor, http, workdir: str, messages: int, per_message: i
             channel = stats["topics"][0]["channels"][0]
             return not (channel["depth"] or channel["in_flight_count"] or channel["deferred_count"])
 
+        frozen = StartupObjectsFrozen()  # as in twistd psd
+        frozen.startService()
         started, cpu = time.monotonic(), time.process_time()
         consumer.startService()
         await wait_for(reactor, drained, "the channel to drain")
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
         await consumer.stopService()
         await writer.whenIdle()
+        frozen.stopService()
         total = 0
         for uid in range(USERS):
             total += int(await store.command("HGET", f"hz:{uid}:0:points:2016", "201603") or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application.service import IService
@@ -10,7 +11,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from psd import config
-from psd.tap import Options, makeService
+from psd.tap import Options, StartupObjectsFrozen, makeService
 
 
 class OptionsTests(SynchronousTestCase):
@@ -77,20 +78,20 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--redis", "redis://127.0.0.1:1/0"])
         service = makeService(options, MemoryReactorClock())
         self.assertTrue(IService.providedBy(service))
-        self.assertEqual([s.name for s in service], ["store", "writer", "http"])
+        self.assertEqual([s.name for s in service], ["gc", "store", "writer", "http"])
 
     def test_embedded_store_comes_first(self):
         options = Options()
         options.parseOptions(["--data-dir", self.mktemp()])
         service = makeService(options, MemoryReactorClock())
-        self.assertEqual([s.name for s in service], ["embedded-store", "store", "writer", "http"])
+        self.assertEqual([s.name for s in service], ["gc", "embedded-store", "store", "writer", "http"])
 
     def test_workers_share_the_first_process_embedded_store(self):
         data_dir = self.mktemp()
         options = Options()
         options.parseOptions(["--data-dir", data_dir, "--inherited-fd", "3"])
         service = makeService(options, MemoryReactorClock())
-        self.assertEqual([s.name for s in service], ["store", "writer", "http"])
+        self.assertEqual([s.name for s in service], ["gc", "store", "writer", "http"])
         self.assertEqual(service.getServiceNamed("store").store.address.path,
                          os.path.join(os.path.abspath(data_dir), "redis.sock"))
 
@@ -100,13 +101,24 @@ class MakeServiceTests(SynchronousTestCase):
             options.parseOptions(["--redis", "redis://127.0.0.1:1/0", *args])
             return [s.name for s in makeService(options, MemoryReactorClock())]
 
-        self.assertEqual(names("--nsqd", "127.0.0.1:4150"), ["store", "writer", "nsq", "http"])
-        self.assertEqual(names("--lookupd", "http://127.0.0.1:4161", "--role", "worker"), ["store", "writer", "nsq"])
-        self.assertEqual(names("--nsqd", "127.0.0.1:4150", "--role", "server"), ["store", "writer", "http"])
+        self.assertEqual(names("--nsqd", "127.0.0.1:4150"), ["gc", "store", "writer", "nsq", "http"])
+        self.assertEqual(names("--lookupd", "http://127.0.0.1:4161", "--role", "worker"), ["gc", "store", "writer", "nsq"])
+        self.assertEqual(names("--nsqd", "127.0.0.1:4150", "--role", "server"), ["gc", "store", "writer", "http"])
         for args, fragment in ((("--role", "worker"), "--role worker needs NSQ"),
                                (("--role", "both"), "--role must be all, server or worker")):
             e = self.assertRaises(usage.UsageError, names, *args)
             self.assertIn(fragment, str(e))
+
+    def test_startup_objects_are_kept_out_of_collections_while_running(self):
+        service = StartupObjectsFrozen()
+        before = gc.get_threshold()
+        service.startService()
+        try:
+            self.assertGreater(gc.get_freeze_count(), 0)
+            self.assertEqual(gc.get_threshold()[0], StartupObjectsFrozen.YOUNG_THRESHOLD)
+        finally:
+            service.stopService()
+        self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, before))
 
     def test_plugin_is_found(self):
         from twisted.plugin import IPlugin, getPlugins
