@@ -1,7 +1,7 @@
 """NSQ ingest rate: 100,000 messages published to a real nsqd, consumed into a real Redis.
 
 Starts redis-server and nsqd (.tools/bin, `make nsq`) on free ports in a temp
-dir, publishes everything first over HTTP /mpub, then starts psd's consumer and
+dir, pinned to core 1 (this process, psd's consumer, to core 0), publishes everything first over HTTP /mpub, then starts psd's consumer and
 writer in this process and times until the channel's depth, in-flight and
 deferred counts are 0.  Closed-loop by design: it measures how fast psd drains
 a backlog.  Then the Redis totals must equal what was sent.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import socket
@@ -32,6 +33,9 @@ from psd.tap import StartupObjectsFrozen
 from psd.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
+#: as in bench/run.py: psd (this process: the consumer and writer) on core 0, Redis and nsqd on core 1
+PSD_CORE, SERVERS_CORE = 0, 1
+SERVERS_PINNED = ["taskset", "-c", str(SERVERS_CORE)] if (os.cpu_count() or 1) > 1 else []
 TS = 1458061005
 USERS = 1000
 
@@ -63,9 +67,9 @@ async def run_variant(reactor, http, workdir: str, messages: int, per_message: i
     redis_port, tcp_port, http_port = free_port(), free_port(), free_port()
     data = tempfile.mkdtemp(dir=workdir)
     procs = [
-        subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", data,
+        subprocess.Popen([*SERVERS_PINNED, "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", data,
                           "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL),
-        subprocess.Popen([str(ROOT / ".tools/bin/nsqd"), f"--data-path={data}", f"--tcp-address=127.0.0.1:{tcp_port}",
+        subprocess.Popen([*SERVERS_PINNED, str(ROOT / ".tools/bin/nsqd"), f"--data-path={data}", f"--tcp-address=127.0.0.1:{tcp_port}",
                           f"--http-address=127.0.0.1:{http_port}", "--broadcast-address=127.0.0.1",
                           f"--mem-queue-size={messages + 1}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
@@ -144,4 +148,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--points-per-message", type=int, nargs="+", default=[1, 100])
     options = parser.parse_args()
+    if SERVERS_PINNED:
+        os.sched_setaffinity(0, {PSD_CORE})
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))

@@ -9,7 +9,8 @@ what was acknowledged; a mismatch fails the suite.
 
 Pinning (2 cores): psd and the bare Klein handler run on core 0 (``taskset -c
 0``); Redis, redis-benchmark and the load generators on core 1.  With
-``--workers 2`` psd is not pinned (it may use both cores, as in production).
+``--workers 2`` psd may use both cores, as in production.  Children inherit this
+process's pinning to the load core, so every child is pinned explicitly.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from resp import RedisProbe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PSD_CORE, LOAD_CORE = "0", "1"
+ALL_CORES = f"0-{(os.cpu_count() or 1) - 1}"
 BASE_TS = 1767225600  # 2026-01-01 00:00:00 UTC: 60 days stay inside one year hash
 DAYS = 60
 GO_PSD_SINGLE_POINT = 7183  # issue 5: the Go psd, single-point /v1/write at 32 connections
@@ -75,7 +77,8 @@ def free_port() -> int:
 
 
 def pinned(core: str, argv: list) -> list:
-    return ["taskset", "-c", core, *argv] if core else argv
+    """``argv`` on ``core``; this process is pinned to the load core, so every child is pinned."""
+    return ["taskset", "-c", core, *argv]
 
 
 def wait_http(port: int, path: str, timeout: float = 20.0) -> None:
@@ -216,7 +219,7 @@ class Bench:
         if workers > 1:
             argv += ["--workers", str(workers)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        server = Server(pinned(PSD_CORE if workers == 1 else "", argv), self.workdir / "psd.log", env=env)
+        server = Server(pinned(PSD_CORE if workers == 1 else ALL_CORES, argv), self.workdir / "psd.log", env=env)
         wait_http(port, "/health")
         deadline = time.monotonic() + 20
         while len(process_tree(server.process.pid)) < workers:
@@ -472,9 +475,9 @@ def main() -> int:
         bench.close()
     print(format_table([ceiling, uniform, workouts, bare, single, single2, nsq_single, nsq_batch]))
     print(f"\nrounds: {sizes.rounds}; medians; ratios are medians of per-round ratios. psd and bare Klein on core "
-          f"{PSD_CORE}, Redis and load generators on core {LOAD_CORE} (taskset); --workers 2 unpinned. (a)/(b) closed "
+          f"{PSD_CORE}, Redis and load generators on core {LOAD_CORE} (taskset); --workers 2 on both cores. (a)/(b) closed "
           f"loop (4/16 connections), (c) wrk -t1 -c{WRK_CONNECTIONS} (closed loop). Go 7,183 req/s is issue 5's figure "
-          f"(the Go psd is not on this machine), as is Go's NSQ 5,099 msg/s; (d) is bench/nsq_ingest.py (unpinned, drains a "
+          f"(the Go psd is not on this machine), as is Go's NSQ 5,099 msg/s; (d) is bench/nsq_ingest.py (consumer on core 0, its nsqd and Redis on core 1, drains a "
           f"backlog of {sizes.nsq_messages[1]:,} 1-point and {sizes.nsq_messages[100]:,} 100-point messages). CPU us/pt: psd's user+system CPU per point acknowledged "
           f"(all workers), the figure that other load on the machine disturbs least. psd runs with [http] "
           f"access_log = false. logs: {workdir}")

@@ -19,7 +19,7 @@ from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
 from psd.web import GuardedSite, RequestGuard
-from psd.workers import http_service
+from psd.workers import http_service, tcp_address
 from psd.writer import Writer
 
 
@@ -73,6 +73,8 @@ class Options(usage.Options):
             self.write_token = _write_token(settings.http)
             if self["workers"] < 1:
                 raise ValueError("--workers must be at least 1")
+            if self["workers"] > 1:
+                tcp_address(settings.http["listen"])
         except (config.SettingsError, ValueError, FileNotFoundError) as e:
             raise usage.UsageError(str(e)) from None
         self.settings = settings

@@ -1,10 +1,14 @@
 """``--workers N``: N psd processes accepting on one listening socket, so HTTP ingest uses N cores.
 
-The first process listens on the configured endpoint and starts N - 1 more
-(``python -m twisted psd <same options> --inherited-fd 3``) with the
-listening socket as their file descriptor 3; each adopts it
-(``reactor.adoptStreamPort``) and the kernel hands every new connection to
-one of them.  Each worker is a whole psd with its own writer and Redis
+The first process makes N listening sockets on the configured address, all
+with SO_REUSEPORT, keeps one and starts N - 1 more processes (``python -m
+twisted psd <same options> --inherited-fd 3``), each with one of the others as
+its file descriptor 3, which it adopts (``reactor.adoptStreamPort``).  The
+kernel spreads new connections evenly over the sockets.  (With one shared
+socket, whichever process woke first took a whole burst: 29 of wrk's 32
+connections went to one process.)  The first process keeps the workers'
+sockets open, so connections that reach a restarting worker's socket wait in
+its backlog instead of being refused.  Each worker is a whole psd with its own writer and Redis
 connections, so a request is acknowledged by the process that wrote it.
 A worker that dies is restarted after a second; stopping the first process
 stops them all.  Workers log to the first process's stdout and stderr.
@@ -13,13 +17,13 @@ stops them all.  Workers log to the first process's stdout and stderr.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 
 from twisted.application import strports
 from twisted.application.service import Service
 from twisted.internet import defer, error, protocol
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 #: the descriptor number the listening socket has in a worker
@@ -36,6 +40,41 @@ def http_service(reactor, endpoint: str, site, workers: int, inherited_fd, worke
     return SharedPortService(reactor, endpoint, site, workers - 1, worker_args)
 
 
+def tcp_address(endpoint: str) -> tuple[socket.AddressFamily, str, int, int]:
+    """(family, interface, port, backlog) of a ``tcp:`` or ``tcp6:`` server endpoint string."""
+    kind, *fields = [field.replace("\\:", ":") for field in re.split(r"(?<!\\):", endpoint)]
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(f"--workers needs a tcp: or tcp6: endpoint, not {endpoint!r}")
+    positional = [field for field in fields if "=" not in field]
+    options = dict(field.split("=", 1) for field in fields if "=" in field)
+    port = options.pop("port", positional[0] if positional else None)
+    if port is None or not port.isdigit() or len(positional) > 1 or options.keys() - {"interface", "backlog"}:
+        raise ValueError(f"--workers: cannot read the port of {endpoint!r} (tcp:PORT[:interface=...][:backlog=...])")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    interface = options.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+    return family, interface, int(port), int(options.get("backlog", 50))
+
+
+def reuseport_sockets(endpoint: str, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on the endpoint's address (port 0: the port the first got)."""
+    family, interface, port, backlog = tcp_address(endpoint)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface, sockets[0].getsockname()[1] if len(sockets) > 1 else port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class SharedPortService(Service):
     """Listens on ``endpoint`` and runs ``extra`` worker processes that accept on the same socket."""
 
@@ -48,18 +87,19 @@ class SharedPortService(Service):
         self._extra = extra
         self._worker_args = worker_args
         self._port = None
-        self._listening = None
+        self._sockets: list[socket.socket] = []
         self._workers: dict[int, _Worker] = {}
 
     def startService(self) -> None:
         super().startService()
-        self._listening = serverFromString(self._reactor, self._endpoint).listen(self._factory)
-        self._listening.addCallback(self._listened)
-        self._listening.addErrback(lambda failure: self.log.failure("cannot listen on {endpoint}", failure,
-                                                                    endpoint=self._endpoint))
-
-    def _listened(self, port) -> None:
-        self._port = port
+        try:
+            sockets = reuseport_sockets(self._endpoint, self._extra + 1)
+        except (OSError, ValueError) as e:
+            self.log.error("cannot listen on {endpoint}: {error}", endpoint=self._endpoint, error=e)
+            return
+        own, self._sockets = sockets[0], sockets[1:]
+        self._port = self._reactor.adoptStreamPort(own.fileno(), own.family, self._factory)
+        own.close()  # the port holds its own duplicate
         for index in range(1, self._extra + 1):
             self._start_worker(index)
 
@@ -69,7 +109,7 @@ class SharedPortService(Service):
         worker = self._workers[index] = _Worker(self, index)
         args = [sys.executable, "-m", "twisted", "psd", *self._worker_args, "--inherited-fd", str(WORKER_FD)]
         self._reactor.spawnProcess(worker, sys.executable, args, env=os.environ,
-                                   childFDs={1: 1, 2: 2, WORKER_FD: self._port.fileno()})
+                                   childFDs={1: 1, 2: 2, WORKER_FD: self._sockets[index - 1].fileno()})
         self.log.info("started worker {index} (pid {pid})", index=index, pid=worker.transport.pid)
 
     def worker_ended(self, worker: "_Worker", reason) -> None:
@@ -90,8 +130,8 @@ class SharedPortService(Service):
                 stopping.append(worker.ended)
         if self._port is not None:
             stopping.append(defer.maybeDeferred(self._port.stopListening))
-        elif self._listening is not None:
-            self._listening.cancel()
+        for sock in self._sockets:
+            sock.close()
         return defer.DeferredList(stopping)
 
 

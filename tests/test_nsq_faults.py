@@ -99,8 +99,11 @@ class GracefulStopTests(NSQFaultTestCase):
         points = messages(40_000)
         self.psd.start()
         yield self.publish(points)
-        yield task.deferLater(reactor, 1.5, lambda: None)
-        before = yield self.processed()
+        for _ in range(600):  # until psd has taken a few thousand: stopped under load, whatever its speed
+            before = yield self.processed()
+            if before["depth"] < len(points) - 4000:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
         self.assertGreater(before["depth"], 0)
         self.psd.kill(signal.SIGTERM)
         after = yield self.processed()
