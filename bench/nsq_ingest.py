@@ -98,7 +98,9 @@ async def run_variant(reactor, http, workdir: str, messages: int, per_message: i
                                max_in_flight=min(2500, 100_000 // per_message))  # stay below the writer's queue cap
 
         async def drained():
-            stats = json.loads(await (await http.get(f"{nsqd}/stats?format=json&topic=psd&channel=psd")).content())
+            # without the per-client part: this poll runs on psd's core while it drains
+            stats = json.loads(await (await http.get(
+                f"{nsqd}/stats?format=json&topic=psd&channel=psd&include_clients=false&include_mem=false")).content())
             channel = stats["topics"][0]["channels"][0]
             return not (channel["depth"] or channel["in_flight_count"] or channel["deferred_count"])
 

@@ -15,10 +15,14 @@
 local args = cmsgpack.unpack(ARGV[1])
 local ttl, prefixes, hashes, totals, members = args[1], args[2], args[3], args[4], args[5]
 
+-- One EXISTS per 1,000 keys (unpack's stack limit), and per key only when some were seen.
 local seen = {}
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    seen[#seen + 1] = i
+for first = 1, #KEYS, 1000 do
+  local last = math.min(first + 999, #KEYS)
+  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
+    for i = first, last do
+      if redis.call('EXISTS', KEYS[i]) == 1 then seen[#seen + 1] = i end
+    end
   end
 end
 if #seen > 0 then

@@ -112,6 +112,19 @@ class StoreTests(StoreTestCase):
         self.assertTrue(86000 < ttl <= 86400, ttl)
 
     @defer.inlineCallbacks
+    def test_thousands_of_keys_in_one_call(self):
+        """Keys are checked 1,000 at a time: a seen key is found wherever it falls in those chunks."""
+        def keyed(ids):
+            return WriteUnit(group_parts([(str(i), Point(1, 0, "points", 1, SEED_TS + i)) for i in ids]))
+
+        first = yield self.writer.submit(keyed(range(2500)))
+        # the one seen key is the 2,000th: the last of the second chunk
+        again = yield self.writer.submit(keyed([*range(2500, 4499), 10, *range(4499, 5000)]))
+        self.assertEqual((first, again), ((2500, 0), (2500, 1)))
+        sums = yield self.reader.sums([SumRequest(1, 0, "points", 0, 2**33 - 1)])
+        self.assertEqual(sums, [5000])
+
+    @defer.inlineCallbacks
     def test_point_ids_dedupe_parts_of_a_request(self):
         first = WriteUnit(group_parts([("x", Point(1, 0, "points", 1, SEED_TS)), (None, Point(1, 0, "points", 2, SEED_TS))]))
         again = WriteUnit(group_parts([("x", Point(1, 0, "points", 1, SEED_TS)), ("y", Point(1, 0, "points", 4, SEED_TS))]))
