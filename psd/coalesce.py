@@ -112,7 +112,7 @@ class Batch:
         for (uid, atid, metric, ts), value in self._seconds.items():
             if not value:
                 continue
-            for written_atid in ((atid, 0) if atid else (0,)):
+            for written_atid in _written_atids(atid):
                 series = (uid, written_atid, metric)
                 index = indexes.get(series) or index_of(series, layout.hash_prefix(*series))
                 key = (index, ts)
@@ -130,7 +130,7 @@ class Batch:
         totals_args = []
         for point in self._totals:
             targets = []
-            for atid in ((point.atid, 0) if point.atid else (0,)):
+            for atid in _written_atids(point.atid):
                 series = (point.uid, atid, point.metric)
                 targets.append(indexes.get(series) or index_of(series, layout.hash_prefix(*series)))
             second = _second_name(self._day_names, point.ts)
@@ -143,6 +143,11 @@ class Batch:
         seen_keys = [layout.seen_key(self.units[u].parts[p].dedupe_key) for u, p in self.keyed_parts]
         argv = msgpack.packb([self.dedupe_ttl, prefixes, hashes, totals_args, members])
         return seen_keys, [argv]
+
+
+def _written_atids(atid: int) -> tuple:
+    """A point counts for its own activity type and for 0, "all activities"."""
+    return (atid, 0) if atid else (0,)
 
 
 def fan_out(seconds: dict, seconds_in_series: list, day_names: dict) -> list:

@@ -6,6 +6,7 @@ acknowledged point went missing; the figures are for ``make bench``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,3 +31,13 @@ class QuickBenchTests(TestCase):
             line = next(line for line in table.splitlines() if line.startswith(row))
             self.assertIn("ok (1 runs)", line)
         self.assertIn("Redis ceiling", table)
+
+    def test_lua_floor_runs_and_checks_its_totals(self):
+        if not (shutil.which("redis-benchmark") and shutil.which("taskset")):
+            raise SkipTest("redis-benchmark and taskset are needed (make system-deps)")
+        run = subprocess.run([sys.executable, str(ROOT / "bench" / "lua_floor.py"), "--rounds", "1", "--batches", "2",
+                              "--benchmark-requests", "50000"], capture_output=True, text=True, cwd=ROOT, timeout=110,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        self.assertIn("lua/write.lua", run.stdout)
+        self.assertIn("floor (HINCRBY only)", run.stdout)
