@@ -177,12 +177,7 @@ def fan_out(seconds: dict, seconds_in_series: list, day_names: dict) -> list:
                      series, day, 1, hour, delta, series, month, 1, day, delta,
                      series, second[:YEAR], 1, month, delta)
             continue
-        key = (series, minute)
-        fields = minute_hashes.get(key)
-        if fields is None:
-            minute_hashes[key] = [series, minute, 0, second, delta]
-        else:
-            fields += (second, delta)
+        _add_field(minute_hashes, series, minute, second, delta)
     hashes = list(minute_hashes.values())
     level = hashes
     for width in (HOUR, DAY, MONTH, YEAR):
@@ -202,15 +197,19 @@ def _roll_up(children: list, width: int) -> list:
         total = child[4] if len(child) == 5 else sum(child[4::2])
         if not total:
             continue
-        series, name = child[0], child[1]
-        bucket = name[:width]
-        key = (series, bucket)
-        fields = parents.get(key)
-        if fields is None:
-            parents[key] = [series, bucket, 0, name, total]
-        else:
-            fields += (name, total)
+        name = child[1]
+        _add_field(parents, child[0], name[:width], name, total)
     return list(parents.values())
+
+
+def _add_field(hashes: dict, series: int, bucket: str, field: str, delta) -> None:
+    """Give hash ``bucket`` of ``series`` a field; callers add each field once per hash."""
+    key = (series, bucket)
+    fields = hashes.get(key)
+    if fields is None:
+        hashes[key] = [series, bucket, 0, field, delta]
+    else:
+        fields += (field, delta)
 
 
 def _second_name(day_names: dict, ts: int) -> str:

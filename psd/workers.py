@@ -1,4 +1,4 @@
-"""``--workers N``: N psd processes accepting on one listening socket, so HTTP ingest uses N cores.
+"""``--workers N``: N psd processes accepting on one port, so HTTP ingest uses N cores.
 
 The first process makes N listening sockets on the configured address, all
 with SO_REUSEPORT, keeps one and starts N - 1 more processes (``python -m
@@ -8,8 +8,9 @@ kernel spreads new connections evenly over the sockets.  (With one shared
 socket, whichever process woke first took a whole burst: 29 of wrk's 32
 connections went to one process.)  The first process keeps the workers'
 sockets open, so connections that reach a restarting worker's socket wait in
-its backlog instead of being refused.  Each worker is a whole psd with its own writer and Redis
-connections, so a request is acknowledged by the process that wrote it.
+its backlog instead of being refused.  Each worker is a whole psd with its own
+writer and Redis connections, so a request is acknowledged by the process that
+wrote it.
 A worker that dies is restarted after a second; stopping the first process
 stops them all.  Workers log to the first process's stdout and stderr.
 """
@@ -76,7 +77,7 @@ def reuseport_sockets(endpoint: str, count: int) -> list[socket.socket]:
 
 
 class SharedPortService(Service):
-    """Listens on ``endpoint`` and runs ``extra`` worker processes that accept on the same socket."""
+    """Listens on ``endpoint`` and runs ``extra`` worker processes that accept on the same port."""
 
     log = Logger()
 

@@ -2,9 +2,9 @@
 
 Units are merged into one call of the write script: those of one reactor turn
 when Redis has a free call slot, else those that arrive until a slot frees,
-for at most ``window`` seconds (or until the batch is full).  Each unit's Deferred fires only
-when Redis acknowledged the call that holds it, and fails exactly when that
-call failed.  The queue is bounded: past ``max_queue_points`` a submit fails
+for at most ``window`` seconds (or until the batch is full).  Each unit's
+Deferred fires only when Redis acknowledged the call that holds it, and fails
+exactly when that call failed.  The queue is bounded: past ``max_queue_points`` a submit fails
 at once with :class:`Overloaded`, which HTTP turns into 503 + Retry-After and
 NSQ into a lower RDY.
 """
