@@ -87,6 +87,22 @@ class LimitTests(SynchronousTestCase):
         self.assertIsNotNone(self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555)))
 
 
+class AddressCacheTests(SynchronousTestCase):
+    def test_the_local_address_is_asked_once_per_connection(self):
+        """twisted.web asks on every request; the channel asks its transport once."""
+        site = GuardedSite(Echo(), MemoryReactorClock(), max_body_bytes=1000, request_timeout=5, max_connections=2)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = StringTransport()
+        asked = []
+        transport.getHost = lambda: asked.append(1) or IPv4Address("TCP", "127.0.0.1", 1155)
+        channel.makeConnection(transport)
+        for _ in range(3):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value().count(b"got 0"), 3)
+        self.assertEqual(len(asked), 1)
+        self.assertFalse(channel.isSecure())
+
+
 class TokenTests(SynchronousTestCase):
     def request(self, guard, method: bytes, headers: bytes = b"") -> bytes:
         site = GuardedSite(guard, MemoryReactorClock(), max_body_bytes=1000, request_timeout=5, max_connections=9)
