@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import tempfile
 from collections import Counter
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
+from psd.store import RedisAddress, RedisStore
 from tests.oracle import assert_exact, random_requests, run_clients
 from tests.processfixture import PsdProcess
 from tests.psdfixture import HttpClient
@@ -58,3 +61,59 @@ class PsdCrashTests(TestCase):
         self.psd.start(healthy=False)
         yield load
         yield self.check_oracle(requests, "psd SIGTERM")
+
+
+def servers_on(data_dir: str) -> list[int]:
+    """Pids of the servers running in ``data_dir`` (their working directory: servers rewrite their titles)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == data_dir and "server" in os.readlink(f"/proc/{entry}/exe"):
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class EmbeddedStoreCrashTests(TestCase):
+    """psd on its embedded store, killed with -9 under load: its server dies with it."""
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_kill_9_leaves_one_server_and_every_acknowledged_point(self):
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        data_dir = tempfile.mkdtemp(prefix="psd-crash-")  # short: unix socket paths hold 107 bytes
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        self.addCleanup(lambda: [os.kill(pid, signal.SIGKILL) for pid in servers_on(data_dir)])
+        psd = PsdProcess(self, workdir, free_port(), "--data-dir", data_dir)
+        psd.start()
+        stats = Counter()
+        requests = random_requests(random.Random(19), 1500, 20)
+        load = run_clients(HttpClient(f"http://127.0.0.1:{psd.port}"), requests, 4, stats)
+        for _ in range(3):
+            yield task.deferLater(reactor, 1.0, lambda: None)
+            psd.kill(signal.SIGKILL)
+            yield poll_until(lambda: not servers_on(data_dir), "the embedded server to follow psd")
+            psd.start(healthy=False)
+        yield load
+        self.assertGreater(stats["connection error"], 0, stats)
+        self.assertEqual(len(servers_on(data_dir)), 1)
+        store = RedisStore(RedisAddress("unix://" + os.path.join(data_dir, "redis.sock")), reply_timeout=5)
+        store.start()
+        self.addCleanup(store.stop)
+        yield poll_until(store.connected, "a connection to the embedded store")
+        yield assert_exact(self, store, [p for _, ps in requests for p in ps], "embedded store, psd kill -9 x3",
+                           f"answers {dict(stats)}")
+
+
+@defer.inlineCallbacks
+def poll_until(condition, what: str, timeout: float = 20.0):
+    """Wait (on the reactor) until ``condition()`` is true: a child process needs wall-clock time."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield task.deferLater(reactor, 0.05, lambda: None)
