@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test unit deps system-deps bench clean
 
+# The settings file: CONFIG=path, else conf/settings.toml when it exists, else the defaults; ARGS= adds options.
+CONFIG ?= $(wildcard conf/settings.toml)
+
 run: $(STAMP)
-	PYTHONPATH=. $(VENV)/bin/twistd -n --pidfile= psd
+	$(VENV)/bin/twistd -n --pidfile= psd $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 test: system-deps $(STAMP) nsq
 	PYTHONPATH=. $(PY) -m twisted.trial -j2 tests
@@ -22,8 +25,11 @@ deps: $(STAMP)
 
 $(STAMP): setup.py requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	@echo "installing psd's dependencies into $(VENV) (about 20 s on a fresh machine)"
+	$(PY) -m pip install --progress-bar off --upgrade pip
+	$(PY) -m pip install --progress-bar off -r requirements-dev.txt
+	@echo "installing psd itself into $(VENV), editable: .venv/bin/twistd psd runs this checkout"
+	$(PY) -m pip install --progress-bar off --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # redis-server (integration tests) and wrk (benchmarks) from Debian's packages.

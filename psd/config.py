@@ -6,6 +6,7 @@ value stops psd with one line naming the setting.
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Optional
@@ -126,3 +127,22 @@ def _checked(section: str, name: str, value: Any) -> Any:
         except ValueError as e:
             raise SettingsError(f"settings: [metrics] names: {e}") from None
     return value
+
+
+def example_path() -> Path:
+    """``conf/settings.toml.dist``: installed as the package ``psd.conf``, in a checkout beside ``psd/``."""
+    installed = Path(__file__).parent / "conf" / "settings.toml.dist"
+    return installed if installed.is_file() else Path(__file__).parent.parent / "conf" / "settings.toml.dist"
+
+
+def main(argv: list) -> int:
+    """``python -m psd.config --example``: print the example settings file (every setting, its default)."""
+    if argv[1:] != ["--example"]:
+        print("usage: python -m psd.config --example   (prints a settings file with every setting)", file=sys.stderr)
+        return 2
+    sys.stdout.write(example_path().read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted import version as twisted_version
 from twisted.python import usage
+
+import psd
 from psd import config
 from psd.api import API, is_write
-from psd.embedded import EmbeddedRedis, find_server_binary
+from psd.embedded import EmbeddedRedis, data_dir_holder, find_server_binary
 from psd.embedded import socket_path as embedded_socket_path
 from psd.keys import Layout
 from psd.nsq.consumer import NSQConsumer
@@ -27,7 +31,7 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "psd, the Point Space Daemon: activity metrics summed at every calendar granularity."
     optParameters = [
-        ["config", "c", None, "Path of a settings file (see conf/settings.toml.dist)."],
+        ["config", "c", None, "Path of a settings file (`python -m psd.config --example` prints every setting)."],
         ["role", None, None, "all (HTTP and NSQ), server (HTTP only) or worker (NSQ only); "
                              "default: all when NSQ is configured, else server."],
         ["http", None, None, "HTTP server endpoint, e.g. tcp:1155:interface=127.0.0.1 (overrides [http] listen)."],
@@ -37,10 +41,26 @@ class Options(usage.Options):
         ["inherited-fd", None, None, "Internal: serve on this inherited listening socket (a started worker).", int],
     ]
 
+    #: set when the options were wrong: twistd then prints the usage text before the error line
+    _failed = False
+
     def parseOptions(self, options=None) -> None:
         #: the arguments as given, for the worker processes started with --workers
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            self._failed = True
+            raise usage.UsageError(f"{e} (twistd psd --help lists the options)") from None
+
+    def getUsage(self, width=None) -> str:
+        """The usage text for --help; after an error only the error line, not the whole text."""
+        return "" if self._failed else super().getUsage(width)
+
+    def opt_version(self) -> None:
+        """Print psd's version and exit."""
+        print(f"psd {psd.__version__} (Twisted {twisted_version.short()}, Python {sys.version.split()[0]})")
+        sys.exit(0)
 
     def __init__(self):
         super().__init__()
@@ -66,8 +86,14 @@ class Options(usage.Options):
                     settings.set("nsq", name, values)
             self.role = _role(self["role"], settings.nsq)
             _check_endpoint(settings.http["listen"])
+            # resolved once: a relative data_dir means the working directory psd was started in
+            settings.set("embedded", "data_dir", os.path.abspath(settings.embedded["data_dir"]))
             if settings.redis["url"] == "embedded":
                 settings.set("embedded", "binary", find_server_binary(settings.embedded["binary"]))
+                holder = data_dir_holder(settings.embedded["data_dir"]) if self["inherited-fd"] is None else None
+                if holder is not None:
+                    raise config.SettingsError(f"[embedded] data_dir {settings.embedded['data_dir']!r} is in use "
+                                               f"by psd pid {holder}: stop it, or give this psd another --data-dir")
             else:
                 RedisAddress(settings.redis["url"])
             self.write_token = _write_token(settings.http)

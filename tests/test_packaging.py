@@ -39,6 +39,9 @@ class PackagingTests(TestCase):
         listing = self.run_checked(*twistd, "--help", cwd=outside)
         self.assertIn("psd", listing.split())
         self.assertIn("--redis", self.run_checked(*twistd, "psd", "--help", cwd=outside))
+        self.assertIn("psd 0.1.0", self.run_checked(*twistd, "psd", "--version", cwd=outside))
+        example = self.run_checked(str(python), "-m", "psd.config", "--example", cwd=outside)
+        self.assertEqual(example, (REPO / "conf" / "settings.toml.dist").read_text())
         where = self.run_checked(str(python), "-c", "import psd.store as s; print(s.LUA_DIR); print(s.Script('write').sha)",
                                  cwd=outside).split()
         self.assertTrue(where[0].startswith(site), where)

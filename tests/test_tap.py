@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gc
+import io
 import os
+from contextlib import redirect_stdout
 
 from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+import psd
 from psd import config
 from psd.tap import Options, StartupObjectsFrozen, makeService
 
@@ -70,6 +73,41 @@ class OptionsTests(SynchronousTestCase):
         shipped = config.load(__file__.rsplit("/tests/", 1)[0] + "/conf/settings.toml.dist")
         for section in config.SCHEMA:
             self.assertEqual(getattr(shipped, section), getattr(defaults, section), section)
+
+
+    def test_errors_come_without_the_usage_text(self):
+        options = Options()
+        self.assertRaises(usage.UsageError, options.parseOptions, ["--bogus"])
+        self.assertEqual(options.getUsage(), "")
+        self.assertIn("--redis", Options().getUsage())
+
+    def test_a_relative_data_dir_is_resolved_once(self):
+        settings = self.parse("--data-dir", "var/here", "--redis", "redis://h:1/0").settings
+        self.assertEqual(settings.embedded["data_dir"], os.path.abspath("var/here"))
+
+    def test_a_data_dir_in_use_is_one_line_naming_the_pid(self):
+        from psd.embedded import DataDirLock
+        from pathlib import Path
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        lock = DataDirLock(Path(data_dir))
+        lock.acquire()
+        self.addCleanup(lock.release)
+        e = self.assertRaises(usage.UsageError, self.parse, "--data-dir", data_dir)
+        self.assertIn(f"{data_dir!r} is in use by psd pid {os.getpid()}", str(e))
+
+    def test_the_version_is_psds(self):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            self.assertRaises(SystemExit, self.parse, "--version")
+        self.assertTrue(out.getvalue().startswith(f"psd {psd.__version__} "), out.getvalue())
+
+    def test_the_example_settings_print_as_shipped(self):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            self.assertEqual(config.main(["psd.config", "--example"]), 0)
+        self.assertEqual(out.getvalue(), config.example_path().read_text())
+        self.assertEqual(config.example_path().name, "settings.toml.dist")
 
 
 class MakeServiceTests(SynchronousTestCase):
