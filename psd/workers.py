@@ -22,8 +22,9 @@ import re
 import socket
 import sys
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
+from twisted.internet.endpoints import serverFromString
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
@@ -37,8 +38,31 @@ def http_service(reactor, endpoint: str, site, workers: int, inherited_fd, worke
     if inherited_fd is not None:
         return AdoptedPortService(reactor, inherited_fd, site)
     if workers == 1:
-        return strports.service(endpoint, site, reactor=reactor)
+        return ListeningService(endpoint, serverFromString(reactor, endpoint), site)
     return SharedPortService(reactor, endpoint, site, workers - 1, worker_args)
+
+
+def cannot_listen(endpoint: str, error: Exception) -> SystemExit:
+    """One line naming the address and the setting; under twistd it ends the process with status 1."""
+    reason = getattr(error, "socketError", None) or error
+    return SystemExit(f"psd: cannot listen on {endpoint} ([http] listen or --http): "
+                      f"{getattr(reason, 'strerror', None) or reason}")
+
+
+class ListeningService(StreamServerEndpointService):
+    """The HTTP port of a single process: a port in use stops psd at startup with one line, not a traceback."""
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, endpoint, factory):
+        super().__init__(endpoint, factory)
+        self._description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except error.CannotListenError as e:
+            raise cannot_listen(self._description, e) from None
 
 
 def tcp_address(endpoint: str) -> tuple[socket.AddressFamily, str, int, int]:
@@ -96,8 +120,7 @@ class SharedPortService(Service):
         try:
             sockets = reuseport_sockets(self._endpoint, self._extra + 1)
         except (OSError, ValueError) as e:
-            self.log.error("cannot listen on {endpoint}: {error}", endpoint=self._endpoint, error=e)
-            return
+            raise cannot_listen(self._endpoint, e) from None
         own, self._sockets = sockets[0], sockets[1:]
         self._port = self._reactor.adoptStreamPort(own.fileno(), own.family, self._factory)
         own.close()  # the port holds its own duplicate

@@ -16,7 +16,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from psd.tap import Options
-from psd.workers import reuseport_sockets, tcp_address
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from psd.workers import http_service, reuseport_sockets, tcp_address
 from tests.redisfixture import RedisServer, free_port
 from tests.test_writer import TS
 
@@ -70,6 +73,22 @@ def established_per_process(pids: list[int], port: int) -> list[int]:
                 pass
         counts.append(held)
     return counts
+
+
+class PortInUseTests(SynchronousTestCase):
+    """A port in use stops psd at startup with one line naming the address and the setting."""
+
+    def test_one_process_and_workers(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        for workers in (1, 2):
+            service = http_service(reactor, endpoint, Site(Resource()), workers, None, [])
+            e = self.assertRaises(SystemExit, lambda: (service.privilegedStartService(), service.startService()))
+            self.assertEqual(str(e), f"psd: cannot listen on {endpoint} ([http] listen or --http): "
+                                     f"Address already in use")
 
 
 class TwoWorkersTests(TestCase):
