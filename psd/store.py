@@ -193,7 +193,9 @@ class RedisStore:
         return d.addCallback(lambda reply: [part.split(",") if part else [] for part in reply.split(";")])
 
     def ping(self) -> defer.Deferred:
-        return self._command("read", "PING")
+        """PING on the write connection and the read pool: healthy only when both can serve."""
+        d = defer.gatherResults([self._command(role, "PING") for role in ("write", "read")], consumeErrors=True)
+        return d.addCallbacks(lambda replies: replies[-1], lambda failure: failure.value.subFailure)
 
     def command(self, *args: Any) -> defer.Deferred:
         """Any other command, on the read pool (HGETALL, SMEMBERS, ...)."""

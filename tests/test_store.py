@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from psd.errors import RejectedByStore
+from psd.errors import RejectedByStore, StoreUnavailable
+from psd.store import RedisAddress
 from psd.model import Count, Part, Point, WriteUnit, group_parts
 from psd.reader import Reader, SumRequest
-from tests.redisfixture import RedisServer, StoreTestCase
+from tests.redisfixture import RedisServer, StoreTestCase, free_port
 
 SEED_TS = 1458061005  # 2016-03-15 16:56:45 UTC
 
@@ -183,3 +184,16 @@ class StoreTests(StoreTestCase):
         self.assertEqual(hgetall(self.server, "hz:6:1:steps:201603151656"), {"20160315165645": "10"})
         self.assertEqual(hgetall(self.server, "hz:6:1:steps:2016"), {"201603": "10"})
         self.assertEqual(self.server.call("EXISTS", "hz:5:0:steps:2016", "hza:5"), b":0\r\n")
+
+
+class HealthTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_ping_needs_the_write_connection_too(self):
+        """/health pings through this: it must not say ok while writes would find no connection."""
+        self.assertEqual((yield self.store.ping()), "PONG")
+        write_pool = self.store._pools["write"]
+        self.store._pools["write"] = RedisAddress(f"redis://127.0.0.1:{free_port()}/0").connect(1, 1, 1)
+        self.addCleanup(self.store._pools["write"].disconnect)
+        self.addCleanup(write_pool.disconnect)
+        failure = yield self.assertFailure(self.store.ping(), StoreUnavailable)
+        self.assertIn("not connected", str(failure))
