@@ -131,7 +131,9 @@ class SharedPortService(Service):
         if not self.running:
             return
         worker = self._workers[index] = _Worker(self, index)
-        args = [sys.executable, "-m", "twisted", "psd", *self._worker_args, "--inherited-fd", str(WORKER_FD)]
+        # text, like twistd's own log: twist writes JSON events when its output is not a terminal
+        args = [sys.executable, "-m", "twisted", "--log-format=text", "psd", *self._worker_args,
+                "--inherited-fd", str(WORKER_FD)]
         self._reactor.spawnProcess(worker, sys.executable, args, env=os.environ,
                                    childFDs={1: 1, 2: 2, WORKER_FD: self._sockets[index - 1].fileno()})
         self.log.info("started worker {index} (pid {pid})", index=index, pid=worker.transport.pid)

@@ -97,10 +97,13 @@ class TwoWorkersTests(TestCase):
         server = RedisServer(self)
         yield server.start()
         port = free_port()
+        log_path = self.mktemp()
+        log = open(log_path, "wb")
+        self.addCleanup(log.close)
         psd = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "psd", "--redis", server.url, "--http", f"tcp:{port}:interface=127.0.0.1",
-             "--workers", "2"],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [sys.executable, "-m", "twisted", "--log-format=text", "psd", "--redis", server.url,
+             "--http", f"tcp:{port}:interface=127.0.0.1", "--workers", "2"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(lambda: psd.poll() is None and (psd.kill(), psd.wait()))
         url = f"http://127.0.0.1:{port}/v1/points"
         for _ in range(400):
@@ -152,3 +155,6 @@ class TwoWorkersTests(TestCase):
             yield deferLater(reactor, 0.025, lambda: None)
         self.assertIsNotNone(psd.returncode)
         self.assertFalse(Path(f"/proc/{workers[0]}").exists(), "the worker outlived the first process")
+        lines = Path(log_path).read_text().splitlines()
+        self.assertTrue(any("worker accepting on" in line for line in lines), lines[-20:])
+        self.assertEqual([line for line in lines if line.lstrip().startswith("{")], [])  # one format: text
