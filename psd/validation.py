@@ -139,6 +139,8 @@ def integer(obj: dict, field: str, low: int, high: int, index=None, default=None
 
 def integer_text(text: str, field: str, low: int, high: int) -> int:
     """An integer given as text (a query string or path segment)."""
+    if text is None:
+        raise InvalidInput(f"{field} is required")
     if not re.fullmatch(r"-?[0-9]{1,20}", text or ""):
         raise InvalidInput(f"{field} must be an integer")
     value = int(text)

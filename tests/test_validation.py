@@ -93,6 +93,11 @@ class PointTests(SynchronousTestCase):
         for bad in ("", "4 2", "0x10", "1e3", "-", "१२"):
             self.assertRaises(InvalidInput, integer_text, bad, "uid", 0, 100)
 
+    def test_a_missing_parameter_is_named_as_missing(self):
+        """One wording for a missing parameter, whether it is a number or a list."""
+        self.assertEqual(self.assertRaises(InvalidInput, integer_text, None, "from", 0, 100).message,
+                         "from is required")
+
 
 class CountTests(SynchronousTestCase):
     def test_count(self):
