@@ -48,7 +48,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "dedupe_ttl": (int, 86400, lambda v: v >= 1),
     },
     "nsq": {
-        "nsqd_tcp_addresses": (list, [], lambda v: all(isinstance(a, str) and _host_port(a) for a in v)),
+        "nsqd_tcp_addresses": (list, [], lambda v: all(isinstance(a, str) and host_port(a) for a in v)),
         "lookupd_http_addresses": (list, [], lambda v: all(isinstance(a, str) and a and " " not in a for a in v)),
         "topic": (str, "psd", lambda v: bool(v)),
         "channel": (str, "psd", lambda v: bool(v)),
@@ -68,7 +68,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
 }
 
 
-def _host_port(address: str) -> bool:
+def host_port(address: str) -> bool:
+    """``HOST:PORT`` with a port in 1..65535."""
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 
 from twisted.application.service import MultiService, Service
@@ -77,15 +78,17 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             settings = config.load(self["config"])
-            for option, (section, name) in {"http": ("http", "listen"), "redis": ("redis", "url"),
-                                            "data-dir": ("embedded", "data_dir")}.items():
+            for option, (section, name) in self.OVERRIDES.items():
                 if self[option] is not None:
                     settings.set(section, name, self[option])
+            for address in self.nsqd:
+                if not config.host_port(address):
+                    raise config.SettingsError(f"--nsqd {address!r} must be HOST:PORT, e.g. 127.0.0.1:4150")
             for values, name in ((self.nsqd, "nsqd_tcp_addresses"), (self.lookupd, "lookupd_http_addresses")):
                 if values:
                     settings.set("nsq", name, values)
             self.role = _role(self["role"], settings.nsq)
-            _check_endpoint(settings.http["listen"])
+            _check_endpoint(settings.http["listen"], self._named("http"))
             # resolved once: a relative data_dir means the working directory psd was started in
             settings.set("embedded", "data_dir", os.path.abspath(settings.embedded["data_dir"]))
             if settings.redis["url"] == "embedded":
@@ -95,7 +98,10 @@ class Options(usage.Options):
                     raise config.SettingsError(f"[embedded] data_dir {settings.embedded['data_dir']!r} is in use "
                                                f"by psd pid {holder}: stop it, or give this psd another --data-dir")
             else:
-                RedisAddress(settings.redis["url"])
+                try:
+                    RedisAddress(settings.redis["url"])
+                except ValueError as e:
+                    raise config.SettingsError(f"{self._named('redis')}: {e}") from None
             self.write_token = _write_token(settings.http)
             if self["workers"] < 1:
                 raise ValueError("--workers must be at least 1")
@@ -105,19 +111,35 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         self.settings = settings
 
+    #: command-line option -> the setting it overrides
+    OVERRIDES = {"http": ("http", "listen"), "redis": ("redis", "url"), "data-dir": ("embedded", "data_dir")}
 
-def _check_endpoint(description: str) -> None:
-    """Parse ``[http] listen`` now, so a typo is one line at startup, not a traceback later.
+    def _named(self, option: str) -> str:
+        """How the user gave a value: ``--http`` when the flag was used, else the setting's name."""
+        section, name = self.OVERRIDES[option]
+        return f"--{option}" if self[option] is not None else f"[{section}] {name}"
+
+
+def _check_endpoint(description: str, source: str) -> None:
+    """Parse the HTTP endpoint now, so a typo is one line at startup, not a traceback later.
 
     serverFromString needs a reactor object but only builds the endpoint: no I/O happens.
     """
     from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
 
     try:
-        serverFromString(MemoryReactor(), description)
+        serverFromString(_NO_REACTOR, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise config.SettingsError(f"settings: [http] listen {description!r} is not a server endpoint: {e}") from None
+        reason = str(e)
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", reason)
+        if unknown:
+            reason = f"unknown parameter {unknown.group(1)!r}"
+        raise config.SettingsError(f"{source} {description!r} is not a server endpoint ({reason}); "
+                                   f"write tcp:PORT:interface=HOST, e.g. tcp:1155:interface=127.0.0.1") from None
+
+
+#: what serverFromString is handed while only checking a description: it stores it, never calls it
+_NO_REACTOR = object()
 
 
 def _role(role, nsq: dict) -> str:

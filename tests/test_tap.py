@@ -34,10 +34,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((settings.http["listen"], settings.redis["url"]), ("tcp:9999", "redis://h:1/2"))
 
     def test_bad_endpoints_and_addresses(self):
-        for args, fragment in ((("--http", "tcp:notaport"), "[http] listen 'tcp:notaport' is not a server endpoint"),
+        for args, fragment in ((("--http", "tcp:notaport"), "--http 'tcp:notaport' is not a server endpoint"),
                                (("--http", "bogus:1"), "is not a server endpoint"),
-                               (("--nsqd", "localhost"), "[nsq] nsqd_tcp_addresses has an invalid value"),
-                               (("--nsqd", "h:99999"), "[nsq] nsqd_tcp_addresses has an invalid value")):
+                               (("--http", "tcp:1:interfce=x"), "(unknown parameter 'interfce'); write tcp:PORT:"),
+                               (("--http", "127.0.0.1:1"), "e.g. tcp:1155:interface=127.0.0.1"),
+                               (("--redis", "redis://h:notaport"), "--redis: "),
+                               (("--nsqd", "localhost"), "--nsqd 'localhost' must be HOST:PORT"),
+                               (("--nsqd", "h:99999"), "--nsqd 'h:99999' must be HOST:PORT")):
             e = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertIn(fragment, str(e))
 
