@@ -307,6 +307,25 @@ class LookupdTests(SynchronousTestCase):
         self.assertEqual(len(self.http.requests), 4)
         self.assertEqual([(h, p) for h, p, *_ in self.reactor.tcpClients], [("127.0.0.1", 4150), ("127.0.0.1", 4250)])
 
+    def test_no_nsqd_yet_polls_again_soon(self):
+        """An nsqd that registers just after psd started is found within seconds, not at the next interval."""
+        self.http.answers = {"http://127.0.0.1:4161": (404, {"message": "TOPIC_NOT_FOUND"}),
+                             "http://127.0.0.1:4261": (200, self.producers())}
+        self.consumer.startService()
+        self.reactor.advance(0)
+        for delay in (1, 2, 4):
+            self.reactor.advance(delay - 0.01)
+            self.assertEqual(self.reactor.tcpClients, [])
+            polls = len(self.http.requests)
+            self.reactor.advance(0.01)
+            self.assertEqual(len(self.http.requests), polls + 2)
+        self.http.answers["http://127.0.0.1:4161"] = (200, self.producers(4150))
+        self.reactor.advance(8)
+        self.assertEqual([(h, p) for h, p, *_ in self.reactor.tcpClients], [("127.0.0.1", 4150)])
+        polls = len(self.http.requests)
+        self.reactor.advance(59.9)  # an nsqd is known: back to the interval
+        self.assertEqual(len(self.http.requests), polls)
+
     def test_producers_gone_and_down_are_forgotten(self):
         self.http.answers = {"http://127.0.0.1:4161": (200, self.producers(4150)),
                              "http://127.0.0.1:4261": (200, self.producers())}

@@ -32,6 +32,8 @@ from psd.nsq.messages import parse_message
 from psd.nsq.protocol import NSQProtocol
 
 DEAD_LETTER_BODY_LIMIT = 256 * 1024
+#: the first re-poll of lookupd after an answer with no nsqd, doubled on each empty answer
+EMPTY_POLL_DELAY = 1.0
 BACKOFF_JITTER = 0.25
 
 
@@ -124,6 +126,7 @@ class NSQConsumer(Service):
         self._ready: list[NSQProtocol] = []
         self._processing: set[Deferred] = set()
         self._poll_call = None
+        self._empty_polls = 0
         self._rotate_call = None
         self._rotation = 0
         self._backoff_level = 0
@@ -410,9 +413,16 @@ class NSQConsumer(Service):
         d.addBoth(self._schedule_poll)
 
     def _schedule_poll(self, _=None) -> None:
-        if self._accepting:
-            delay = self._poll_interval * (1 + self._poll_jitter * (2 * self._random.random() - 1))
-            self._poll_call = self._reactor.callLater(delay, self._poll_lookupds)
+        """Poll every interval; while no nsqd is known, sooner (1, 2, 4 ... s): a new nsqd is found at once."""
+        if not self._accepting:
+            return
+        delay = self._poll_interval * (1 + self._poll_jitter * (2 * self._random.random() - 1))
+        if self._peers:
+            self._empty_polls = 0
+        else:
+            delay = min(delay, EMPTY_POLL_DELAY * 2 ** self._empty_polls)
+            self._empty_polls = min(self._empty_polls + 1, 16)
+        self._poll_call = self._reactor.callLater(delay, self._poll_lookupds)
 
     async def _fetch(self, url: str):
         response = await self._http.get(
