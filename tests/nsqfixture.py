@@ -126,7 +126,8 @@ class NSQD(_Daemon):
 
     def mpub(self, topic: str, bodies: list) -> defer.Deferred:
         """Publish many bodies at once (newline-separated, so no newline inside one)."""
-        assert not any(b"\n" in body for body in bodies)
+        if any(b"\n" in body for body in bodies):
+            raise ValueError("mpub bodies are newline-separated: none may hold a newline")
         return self.post(f"/mpub?topic={topic}", b"\n".join(bodies))
 
     @defer.inlineCallbacks

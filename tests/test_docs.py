@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import tempfile
-from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

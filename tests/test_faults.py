@@ -70,7 +70,9 @@ class RedisBlackHoleTests(FaultTestCase):
         yield load
         self.assertGreater(self.stats[503], 0)
         self.assertEqual(self.stats["retry_after"], self.stats[503])
-        self.assertLessEqual(peak, 200000)
+        # clients wait for their answers, so nothing queues beyond what 8 clients have in flight
+        self.assertGreater(peak, 0)
+        self.assertLessEqual(peak, 8 * 20)
         print(f"\n[redis stopped 30 s] peak queued points {peak}")
         yield self.check_oracle(requests, "redis stopped 30 s")
 

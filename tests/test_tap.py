@@ -7,7 +7,6 @@ import io
 import os
 from contextlib import redirect_stdout
 
-from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -118,7 +117,6 @@ class MakeServiceTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--redis", "redis://127.0.0.1:1/0"])
         service = makeService(options, MemoryReactorClock())
-        self.assertTrue(IService.providedBy(service))
         self.assertEqual([s.name for s in service], ["gc", "store", "writer", "http"])
 
     def test_embedded_store_comes_first(self):

@@ -19,6 +19,7 @@ def increments(args: list) -> dict:
     found = {}
     for key, fields in hashes(args):
         for i in range(0, len(fields), 2):
-            assert (key, fields[i]) not in found, f"{key} {fields[i]} is incremented twice"
+            if (key, fields[i]) in found:
+                raise AssertionError(f"{key} {fields[i]} is incremented twice")
             found[(key, fields[i])] = fields[i + 1]
     return found
