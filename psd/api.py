@@ -20,6 +20,7 @@ from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from psd import compat, openapi
+from psd.access import Scope, Tokens
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.leaderboard import board_json
 from psd.model import WriteUnit, group_parts
@@ -31,26 +32,35 @@ from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, inte
 log = Logger()
 
 
-def json_route(handler: Callable) -> Callable:
-    """Run a handler that returns a dict (or (status, dict)), map errors to JSON answers.
+def json_route(scope: Scope) -> Callable:
+    """Declare who may call a route (see psd.access), run it, map errors to JSON answers.
 
+    The handler returns a dict (or (status, dict)).  The token is checked here,
+    by the handler that Klein chose, so no spelling of a path can skip it.
     Plain callbacks rather than a generator: this wraps every write request,
     and a handler that answers at once is answered without a Deferred.
     """
 
-    @functools.wraps(handler)
-    def route(self, request, *args, **kwargs):
-        request.setHeader(b"Content-Type", b"application/json")
-        try:
-            result = handler(self, request, *args, **kwargs)
-        except Exception:
-            return _answer_error(request, Failure())
-        if isinstance(result, defer.Deferred):
-            return result.addCallbacks(lambda value: _answer_result(request, value),
-                                       lambda failure: _answer_error(request, failure))
-        return _answer_result(request, result)
+    def declare(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def route(self, request, *args, **kwargs):
+            request.setHeader(b"Content-Type", b"application/json")
+            if not self._tokens.permits(scope, request.getHeader(b"Authorization")):
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="psd"')
+                return _answer(request, 401, {"error": f"a valid bearer token is required ({scope.value} scope)"})
+            try:
+                result = handler(self, request, *args, **kwargs)
+            except Exception:
+                return _answer_error(request, Failure())
+            if isinstance(result, defer.Deferred):
+                return result.addCallbacks(lambda value: _answer_result(request, value),
+                                           lambda failure: _answer_error(request, failure))
+            return _answer_result(request, result)
 
-    return route
+        route.scope = scope
+        return route
+
+    return declare
 
 
 def _answer_result(request, result) -> bytes:
@@ -102,19 +112,11 @@ def split_list(text: Optional[str], field: str) -> list[str]:
     return text.split(",")
 
 
-#: The routes that change data: guarded by ``[http] token`` when one is set.
-WRITE_ROUTES = frozenset({b"/v1/points", b"/v1/counts", b"/v1/write"})
-
-
-def is_write(method: bytes, path: bytes) -> bool:
-    return method == b"POST" and path.rstrip(b"/") in WRITE_ROUTES
-
-
 class API:
     app = Klein()
 
     def __init__(self, writer, reader, store, metrics: frozenset, max_points: int = 10000,
-                 max_uids: int = 10000, health_checks: Optional[dict] = None):
+                 max_uids: int = 10000, health_checks: Optional[dict] = None, tokens: Optional[Tokens] = None):
         self._writer = writer
         self._reader = reader
         self._store = store
@@ -123,6 +125,7 @@ class API:
         self._max_uids = max_uids
         #: name -> callable returning (ok, details), e.g. the NSQ consumer's status
         self._health_checks = health_checks or {}
+        self._tokens = tokens or Tokens()
 
     def resource(self):
         return self.app.resource()
@@ -138,12 +141,12 @@ class API:
         return _answer(request, 405, {"error": "method not allowed on this route"})
 
     @app.route("/health/ping", methods=["GET"])
-    @json_route
+    @json_route(Scope.PUBLIC)
     def ping(self, request):
         return {"pong": "OK"}
 
     @app.route("/health", methods=["GET"])
-    @json_route
+    @json_route(Scope.PUBLIC)
     @defer.inlineCallbacks
     def health(self, request):
         body, ok = {"status": "ok"}, True
@@ -157,10 +160,12 @@ class API:
             ok = ok and check_ok
         if not ok:
             body["status"] = "unavailable"
+        if not self._tokens.permits(Scope.READ, request.getHeader(b"Authorization")):
+            body = {"status": body["status"]}  # a load balancer needs no token; the details do
         return (200 if ok else 503), body
 
     @app.route("/v1/points", methods=["POST"])
-    @json_route
+    @json_route(Scope.WRITE)
     def write_points(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points)
         keyed = [parse_point(item, self._metrics, index) for index, item in enumerate(items)]
@@ -179,7 +184,7 @@ class API:
         return "h:" + key_part(text, "Idempotency-Key")
 
     @app.route("/v1/sum", methods=["GET"])
-    @json_route
+    @json_route(Scope.READ)
     def sum_get(self, request):
         args = _text_args(request)
         query = {
@@ -192,7 +197,7 @@ class API:
         return self._sum(query)
 
     @app.route("/v1/sum", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     def sum_post(self, request):
         return self._sum(_json_object(request))
 
@@ -232,7 +237,7 @@ class API:
     _BOARD_FIELDS = frozenset({"uids", "metric", "atid", "from", "to", "offsets", "limit", "compare_to"})
 
     @app.route("/v1/series", methods=["GET"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def series(self, request):
         args = _text_args(request)
@@ -249,7 +254,7 @@ class API:
                 "series": [{"start": b.start, "end": b.end, "value": v} for b, v in zip(plan.buckets, values)]}
 
     @app.route("/v1/leaderboard", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def leaderboard(self, request):
         body = _json_object(request)
@@ -274,13 +279,13 @@ class API:
         return board_json(now, then, limit)  # bytes: json_route sends them as they are
 
     @app.route("/v1/counts", methods=["POST"])
-    @json_route
+    @json_route(Scope.WRITE)
     def write_counts(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points, "counts")
         return self._submit(request, [parse_count(item, index) for index, item in enumerate(items)])
 
     @app.route("/v1/count", methods=["GET"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def read_counts(self, request):
         args = _text_args(request)
@@ -296,7 +301,7 @@ class API:
         return {"results": dict(zip(names, sums))}
 
     @app.route("/v1/write", methods=["POST"])
-    @json_route
+    @json_route(Scope.WRITE)
     @defer.inlineCallbacks
     def compat_write(self, request):
         point = compat.write_point(decode_json(request.content.read()), self._metrics)
@@ -304,7 +309,7 @@ class API:
         return _plain(request, "ok")
 
     @app.route("/v1/query/<uid>/<thing>/<atid>/<start_ts>/<end_ts>", methods=["GET"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def compat_query(self, request, uid, thing, atid, start_ts, end_ts):
         uid = integer_text(uid, "uid", 0, MAX_ID)
@@ -314,7 +319,7 @@ class API:
         return _plain(request, str(total))
 
     @app.route("/v1/query_ids/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def compat_query_ids(self, request, thing, atid, start_ts, end_ts):
         uids = compat.ids(_text_args(request).get("ids"), self._max_uids)
@@ -324,7 +329,7 @@ class API:
         return _plain(request, _go_json({str(uid): total for uid, total in zip(uids, sums)}))
 
     @app.route("/v1/mu_query/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def compat_mu_query(self, request, thing, atid, start_ts, end_ts):
         uids = compat.ids(_text_args(request).get("ids"), self._max_uids)
@@ -334,24 +339,24 @@ class API:
                            "atids": {str(uid): atids[uid] for uid in uids}})
 
     @app.route("/v1/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     def compat_mumt_query(self, request, atid, start_ts, end_ts):
         return self._mumt(request, atid, start_ts, end_ts, with_offsets=False)
 
     @app.route("/v2/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     def compat_mumt_query_v2(self, request, atid, start_ts, end_ts):
         return self._mumt(request, atid, start_ts, end_ts, with_offsets=True)
 
     @app.route("/v1/readcount/<thing>/<start_ts>/<end_ts>", methods=["GET"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def compat_readcount(self, request, thing, start_ts, end_ts):
         [total] = yield self._reader.count_sums([compat.count_name(thing)], *compat.window(start_ts, end_ts))
         return _plain(request, str(total))
 
     @app.route("/v1/readcount_with_ids/<prefix>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route
+    @json_route(Scope.READ)
     @defer.inlineCallbacks
     def compat_readcount_with_ids(self, request, prefix, start_ts, end_ts):
         names = compat.count_names(prefix, _text_args(request).get("ids"), self._max_uids)
@@ -359,7 +364,7 @@ class API:
         return _plain(request, _go_json(dict(zip(names, sums))))
 
     @app.route("/openapi.json", methods=["GET"])
-    @json_route
+    @json_route(Scope.READ)
     def openapi_document(self, request):
         return openapi.document(sorted(self._metrics), self._max_uids, self.max_series_buckets)
 

@@ -15,7 +15,8 @@ from twisted.python import usage
 
 import psd
 from psd import config
-from psd.api import API, is_write
+from psd.access import Tokens
+from psd.api import API
 from psd.embedded import EmbeddedRedis, data_dir_holder, find_server_binary
 from psd.embedded import socket_path as embedded_socket_path
 from psd.keys import Layout
@@ -309,8 +310,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     h = settings.http
     api = API(writer, reader, store, metrics, max_points=h["max_points"], max_uids=settings.query["max_uids"],
-              health_checks=health_checks)
-    guarded = RequestGuard(api.resource(), is_write, options.write_token, h["read_token"])
+              health_checks=health_checks, tokens=Tokens(options.write_token, h["read_token"]))
+    guarded = RequestGuard(api.resource())
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
                        max_connections=h["max_connections"])
     if not h["access_log"]:

@@ -98,7 +98,7 @@ class LiveHardeningTests(TestCase):
     @defer.inlineCallbacks
     def test_write_token(self):
         status, body, response = yield self.psd.post("/v1/points", POINT)
-        self.assertEqual((status, body), (401, {"error": "a valid bearer token is required"}))
+        self.assertEqual((status, body), (401, {"error": "a valid bearer token is required (write scope)"}))
         status, body, _ = yield self.psd.post("/v1/points", POINT, headers={"Authorization": "Bearer nope"})
         self.assertEqual(status, 401)
         status, body, _ = yield self.psd.post("/v1/points", POINT, headers=self.auth)

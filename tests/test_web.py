@@ -103,32 +103,9 @@ class AddressCacheTests(SynchronousTestCase):
         self.assertFalse(channel.isSecure())
 
 
-class TokenTests(SynchronousTestCase):
-    def request(self, guard, method: bytes, headers: bytes = b"") -> bytes:
-        site = GuardedSite(guard, MemoryReactorClock(), max_body_bytes=1000, request_timeout=5, max_connections=9)
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(method + b" /w HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + headers + b"\r\n")
-        return transport.value()
-
-    def test_write_token(self):
-        guard = RequestGuard(Echo(), lambda method, path: method == b"POST", write_token="s3cret")
-        self.assertIn(b" 401 ", self.request(guard, b"POST"))
-        self.assertIn(b" 401 ", self.request(guard, b"POST", b"Authorization: Bearer wrong\r\n"))
-        self.assertIn(b" 401 ", self.request(guard, b"POST", b"Authorization: Basic s3cret\r\n"))
-        self.assertIn(b"got 0", self.request(guard, b"POST", b"Authorization: Bearer s3cret\r\n"))
-        self.assertIn(b"got 0", self.request(guard, b"GET"))
-
-    def test_read_token(self):
-        guard = RequestGuard(Echo(), lambda method, path: False, read_token="r")
-        self.assertIn(b" 401 ", self.request(guard, b"GET"))
-        self.assertIn(b"got 0", self.request(guard, b"GET", b"Authorization: bearer r\r\n"))
-
-
 class PathTests(SynchronousTestCase):
     def test_a_path_that_is_not_utf8_is_a_json_400(self):
-        site = GuardedSite(RequestGuard(Echo(), lambda method, path: False), MemoryReactorClock(), max_body_bytes=10,
+        site = GuardedSite(RequestGuard(Echo()), MemoryReactorClock(), max_body_bytes=10,
                            request_timeout=5, max_connections=9)
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
         transport = StringTransport()
