@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from psd.coalesce import Batch
-from psd.errors import Overloaded, RejectedByStore, StoreUnavailable
+from psd.errors import IdempotencyConflict, Overloaded, RejectedByStore, StoreUnavailable
 from psd.keys import Layout
 from psd.model import UnitResult, WriteUnit
 
@@ -138,10 +138,12 @@ class Writer:
     def _apply(self, batch: Batch, waiters: list):
         """Write one batch; re-merge without the parts Redis says it has seen.
 
+        A key Redis reports is left out of every part that carries it, so each
+        part is counted once, as a duplicate, however often it came; a unit
+        whose Idempotency-Key Redis holds for other content fails alone.
         Fires with the StoreUnavailable error if the store failed the call, else None.
         """
-        duplicates = dict(batch.duplicates_in_batch)
-        skipped: dict[int, set] = {}
+        seen: set = set()
         while True:
             keys, args = batch.script_args()
             self.calls += 1
@@ -162,18 +164,26 @@ class Writer:
                 return None
             if int(reply[0]) == 0:
                 break
-            for position in reply[1:]:
-                unit_index, part_index = batch.keyed_parts[int(position) - 1]
-                skipped.setdefault(unit_index, set()).add(part_index)
-                duplicates[unit_index] = duplicates.get(unit_index, 0) + batch.units[unit_index].parts[part_index].size()
-            batch = self._remerge(batch.units, skipped)
-        self._answer(batch, waiters, duplicates=duplicates)
+            conflicting = set()
+            for position in map(int, reply[1:]):
+                unit_index, part_index = batch.keyed_parts[abs(position) - 1]
+                if position > 0:
+                    seen.add(batch.units[unit_index].parts[part_index].dedupe_key)
+                else:
+                    conflicting.add(unit_index)
+            batch, waiters = self._remerge(batch, waiters, frozenset(seen), conflicting)
+        self._answer(batch, waiters)
 
-    def _remerge(self, units: list, skipped: dict) -> Batch:
-        batch = self._new_batch()
-        for index, unit in enumerate(units):
-            batch.add(unit, frozenset(skipped.get(index, ())))
-        return batch
+    def _remerge(self, batch: Batch, waiters: list, seen: frozenset, conflicting: set) -> tuple:
+        """The batch again without the parts in ``seen``; the ``conflicting`` units are failed now."""
+        again, kept = self._new_batch(), []
+        for index, (unit, d) in enumerate(zip(batch.units, waiters)):
+            if index in conflicting:
+                self._answer_unit(unit, d, failure=_conflict(unit))
+            else:
+                again.add(unit, seen)
+                kept.append(d)
+        return again, kept
 
     @defer.inlineCallbacks
     def _isolate(self, batch: Batch, waiters: list):
@@ -187,14 +197,25 @@ class Writer:
             alone.add(unit)
             yield self._apply(alone, [d])
 
-    def _answer(self, batch: Batch, waiters: list, failure=None, duplicates=None) -> None:
+    def _answer(self, batch: Batch, waiters: list, failure=None) -> None:
         for index, (unit, d) in enumerate(zip(batch.units, waiters)):
-            size = unit.size()
-            self.queued_points -= size
-            if d.called:  # cancelled: the client went away; the write went on regardless
-                continue
-            if failure is not None:
-                d.errback(failure)
+            if failure is None and index in batch.conflicts:
+                self._answer_unit(unit, d, failure=_conflict(unit))
             else:
-                dup = duplicates.get(index, 0)
-                d.callback(UnitResult(size - dup, dup))
+                self._answer_unit(unit, d, failure, batch.duplicates.get(index, 0))
+
+    def _answer_unit(self, unit: WriteUnit, d: defer.Deferred, failure=None, duplicates: int = 0) -> None:
+        size = unit.size()
+        self.queued_points -= size
+        if d.called:  # cancelled: the client went away; the write went on regardless
+            return
+        if failure is not None:
+            d.errback(failure)
+        else:
+            d.callback(UnitResult(size - duplicates, duplicates))
+
+
+def _conflict(unit: WriteUnit) -> IdempotencyConflict:
+    key = next(part.dedupe_key for part in unit.parts if part.digest is not None)
+    return IdempotencyConflict(f"Idempotency-Key {key.partition(':')[2]!r} was used for a request with other "
+                               f"content within the dedupe window; a retry must send the same body")
