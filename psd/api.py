@@ -414,7 +414,7 @@ class API:
         """
         key = self._idempotency_key(request)
         digest = content_digest(keyed) if key is not None else None
-        d = self._writer.submit(WriteUnit(group_parts(keyed, key, digest)))
+        d = self._writer.submit(WriteUnit(group_parts(keyed, key, digest), atomic=key is not None))
         return d.addCallback(lambda result: {"written": result.written, "duplicates": result.duplicates})
 
     def _uid_list(self, uids) -> list[int]:

@@ -53,11 +53,14 @@ class Part(NamedTuple):
 class WriteUnit(NamedTuple):
     """What one client sent at once (an HTTP request, an NSQ message).
 
-    Its parts are applied in one Redis script, so all together or not at all;
-    it is acknowledged as one.
+    Its parts are applied in one Redis script, so all together or not at all,
+    unless that call would exceed ``[writer] max_script_ms``: then the writer
+    applies it in pieces (see psd.split), or refuses it when ``atomic`` (an
+    ``Idempotency-Key`` asked for all or nothing).  It is acknowledged as one.
     """
 
     parts: tuple
+    atomic: bool = False
 
     def size(self) -> int:
         return sum([len(part.points) + len(part.counts) for part in self.parts])

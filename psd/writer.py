@@ -2,7 +2,9 @@
 
 Units are merged into one call of the write script: those of one reactor turn
 when Redis has a free call slot, else those that arrive until a slot frees,
-for at most ``window`` seconds (or until the batch is full).  Each unit's
+for at most ``window`` seconds (or until the batch is full, or its call would
+cost more than ``max_script_ms`` of Redis time by the cost model; a unit that
+alone would is split, see psd.split).  Each unit's
 Deferred fires only when Redis acknowledged the call that holds it, and fails
 exactly when that call failed.  The queue is bounded: past ``max_queue_points`` a submit fails
 at once with :class:`Overloaded`, which HTTP turns into 503 + Retry-After and
@@ -17,9 +19,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from psd.coalesce import Batch
-from psd.errors import IdempotencyConflict, Overloaded, RejectedByStore, StoreUnavailable
+from psd.errors import IdempotencyConflict, InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.keys import Layout
 from psd.model import UnitResult, WriteUnit
+from psd.split import WORST_US_PER_ITEM, split_unit
 
 
 class Writer:
@@ -27,7 +30,7 @@ class Writer:
 
     def __init__(self, reactor, store, layout: Layout, dedupe_ttl: int = 86400, window: float = 0.005,
                  max_batch_points: int = 5000, max_script_increments: int = 2000,
-                 max_queue_points: int = 200000, max_in_flight: int = 2):
+                 max_queue_points: int = 200000, max_in_flight: int = 2, max_script_ms: float = 20.0):
         self._reactor = reactor
         self._store = store
         self._layout = layout
@@ -37,6 +40,7 @@ class Writer:
         self._max_script_increments = max_script_increments
         self._max_queue_points = max_queue_points
         self._max_in_flight = max_in_flight
+        self._budget_us = max_script_ms * 1000
         self._day_names: dict = {}
         self._filling = None
         self._waiters: list = []
@@ -50,15 +54,58 @@ class Writer:
         self._idle: list = []
 
     def submit(self, unit: WriteUnit) -> defer.Deferred:
-        """Queue one unit; the Deferred fires with its UnitResult once applied."""
+        """Queue one unit; the Deferred fires with its UnitResult once applied.
+
+        A unit whose call would cost more than ``max_script_ms`` by the cost
+        model is applied in pieces that each fit (see :meth:`_submit_pieces`),
+        or refused with InvalidInput when it is atomic.
+        """
         size = unit.size()
         if self.queued_points + size > self._max_queue_points and self.queued_points:
             return defer.fail(Overloaded("write queue is full"))
+        if size * WORST_US_PER_ITEM > self._budget_us:  # cheap: most units cannot come near the budget
+            pieces = split_unit(unit, self._layout, self._budget_us)
+            if len(pieces) > 1:
+                return self._submit_pieces(unit, pieces)
+        return self._enqueue(unit, size)
+
+    def _submit_pieces(self, unit: WriteUnit, pieces: list) -> defer.Deferred:
+        """Apply a unit too costly for one call as several; answer once, for all of them.
+
+        Not atomic: if a piece fails, the pieces that succeeded stay applied
+        (their items with an id, or under an NSQ message's key, are not applied
+        again by a retry; items without one would be) and the error says how
+        many items are known applied.
+        """
+        if unit.atomic:
+            return defer.fail(InvalidInput(
+                f"this request would take {len(pieces)} write-script calls of at most [writer] max_script_ms = "
+                f"{self._budget_us / 1000:g} ms of Redis time each, and a request with an Idempotency-Key is "
+                f"applied whole in one: send it in {len(pieces)} or more smaller requests"))
+        self.log.info("a write of {items} items is applied in {calls} script calls", items=unit.size(),
+                      calls=len(pieces))
+        done = defer.DeferredList([self._enqueue(piece, piece.size()) for piece in pieces], consumeErrors=True)
+
+        def answered(results):
+            failures = [result for ok, result in results if not ok]
+            applied = [result for ok, result in results if ok]
+            if not failures:
+                return UnitResult(sum(r.written for r in applied), sum(r.duplicates for r in applied))
+            error = failures[0].value
+            known = sum(r.written + r.duplicates for r in applied)
+            raise type(error)(f"{error} (the write was split into {len(pieces)} script calls by [writer] "
+                              f"max_script_ms; {known} of its {unit.size()} items are known applied, and items "
+                              f"without an id would be applied again by a retry)")
+
+        return done.addCallback(answered)
+
+    def _enqueue(self, unit: WriteUnit, size: int) -> defer.Deferred:
         self.queued_points += size
         d = defer.Deferred()
         if self._filling is not None and (
             self._filling.points + size > self._max_batch_points
             or self._filling.increments_estimate() + 10 * size > self._max_script_increments
+            or self._filling.cost_us() + size * WORST_US_PER_ITEM > self._budget_us
         ):
             self._seal()
         if self._filling is None:
@@ -66,7 +113,8 @@ class Writer:
         self._filling.add(unit)
         self._waiters.append(d)
         if (self._filling.points >= self._max_batch_points
-                or self._filling.increments_estimate() >= self._max_script_increments):
+                or self._filling.increments_estimate() >= self._max_script_increments
+                or self._filling.cost_us() >= self._budget_us):
             self._seal()
         elif self._timer is None:
             # A free call slot: send at the end of this reactor turn, with whatever else arrived

@@ -76,23 +76,24 @@ class DuplicatesCountedOnceTests(APITestCase):
         self.assertEqual((status, answer), (200, {"written": written, "duplicates": duplicates}))
 
     @defer.inlineCallbacks
+    def assertRepeatsCountedOnce(self, path: str, item: dict):
+        x = {**item, "id": "x"}
+        yield self.assertAnswers(path, x, 1, 0)
+        yield self.assertAnswers(path, [x, {**x, "ts": TS + 1}], 0, 2)
+        yield self.assertAnswers(path, [x, x, x], 0, 3)
+        yield self.assertAnswers(path, [x, {**x, "id": "y"}, x, {**x, "id": "y"}], 1, 3)
+
+    @defer.inlineCallbacks
     def test_points_repeating_an_applied_id(self):
-        x = {**POINT, "id": "x"}
-        yield self.assertAnswers("/v1/points", x, 1, 0)
-        yield self.assertAnswers("/v1/points", [x, {**x, "ts": TS + 1}], 0, 2)
-        yield self.assertAnswers("/v1/points", [x, x, x], 0, 3)
-        yield self.assertAnswers("/v1/points", [x, {**x, "id": "y"}, x, {**x, "id": "y"}], 1, 3)
+        yield self.assertRepeatsCountedOnce("/v1/points", POINT)
         _, body, _ = yield self.psd.get(f"/v1/sum?uids=1&metrics=points&{EVER}")
         self.assertEqual(body["results"], {"1": {"points": 20}})
 
     @defer.inlineCallbacks
     def test_counts_repeating_an_applied_id(self):
-        x = {**COUNT, "id": "x"}
-        yield self.assertAnswers("/v1/counts", x, 1, 0)
-        yield self.assertAnswers("/v1/counts", [x, {**x, "ts": TS + 1}], 0, 2)
-        yield self.assertAnswers("/v1/counts", [x, x, x], 0, 3)
+        yield self.assertRepeatsCountedOnce("/v1/counts", COUNT)
         _, body, _ = yield self.psd.get(f"/v1/count?names=logins&{EVER}")
-        self.assertEqual(body["results"], {"logins": 3})
+        self.assertEqual(body["results"], {"logins": 6})
 
     @defer.inlineCallbacks
     def test_an_id_twice_in_one_request_applies_the_first(self):
