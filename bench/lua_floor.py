@@ -24,16 +24,14 @@ import argparse
 import os
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from resp import RedisProbe  # noqa: E402
+from resp import scratch_redis  # noqa: E402
 from run import BASE_TS, DAYS, LOAD_CORE, PSD_CORE, free_port, pinned  # noqa: E402
 
 from psd.coalesce import Batch  # noqa: E402
@@ -80,18 +78,8 @@ def main() -> None:
     parser.add_argument("--benchmark-requests", type=int, default=2_000_000, help="redis-benchmark -n")
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(PSD_CORE)})
-    workdir = tempfile.mkdtemp(prefix="psd-lua-floor-")
     port = free_port()
-    server = subprocess.Popen(pinned(LOAD_CORE, [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                                                 "--dir", workdir, "--save", "", "--appendonly", "no"]),
-                              stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                probe = RedisProbe(port)
-                break
-            except OSError:
-                time.sleep(0.05)
+    with scratch_redis(port, tuple(pinned(LOAD_CORE, []))) as probe:
         pid = int(re.search(r"process_id:(\d+)", probe.call("INFO", "server")).group(1))
         scripts = {"lua/write.lua": probe.call("SCRIPT", "LOAD", (ROOT / "lua" / "write.lua").read_text()),
                    "floor (HINCRBY only)": probe.call("SCRIPT", "LOAD", FLOOR_SCRIPT)}
@@ -121,11 +109,6 @@ def main() -> None:
         for name, values in per_point.items():
             cost = statistics.median(values)
             print(f"{name:24} {cost:>20.1f} {1e6 / cost:>25,.0f} {1e6 / cost / ceiling:>10.2f}")
-        probe.close()
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,12 @@ what they check with stay independent.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
 
 
 class RedisProbe:
@@ -56,6 +61,30 @@ class RedisProbe:
     def sum_fields(self, pattern: str) -> int:
         """Sum of every field of every hash matching ``pattern`` (SCAN inside one script)."""
         return int(self.call("EVAL", _SUM_SCRIPT, 0, pattern))
+
+
+@contextmanager
+def scratch_redis(port: int, launcher: tuple = ()):
+    """A throwaway redis-server on ``port`` (no persistence, in a temp dir): yields a probe on it."""
+    workdir = tempfile.mkdtemp(prefix="psd-bench-redis-")
+    server = subprocess.Popen([*launcher, shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                               "--dir", workdir, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                probe = RedisProbe(port)
+                probe.call("PING")
+                break
+            except (OSError, RuntimeError):
+                time.sleep(0.05)
+        try:
+            yield probe
+        finally:
+            probe.close()
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 _SUM_SCRIPT = """

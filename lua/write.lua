@@ -10,18 +10,27 @@
 --                order; the difference to the stored total goes to the five levels of `second`
 --                under each prefix
 --   members      {key, member, ...}: SADD, e.g. the activity types a user has written
+-- ARGV[2]        msgpack {i = digest, ...}: KEYS[i] is recorded with this digest of its request's
+--                content (an Idempotency-Key); the other keys are recorded as 1
 -- Returns {0} when applied, {1, i, ...} naming the idempotency keys already seen
--- (then nothing was written), or an error reply with every write of this call undone.
+-- (then nothing was written; -i: KEYS[i] was recorded with another digest, a conflict),
+-- or an error reply with every write of this call undone.
 local args = cmsgpack.unpack(ARGV[1])
 local ttl, prefixes, hashes, totals, members = args[1], args[2], args[3], args[4], args[5]
+local digests = ARGV[2] and cmsgpack.unpack(ARGV[2]) or {}
 
 -- One EXISTS per 1,000 keys (unpack's stack limit), and per key only when some were seen.
+-- A key recorded as 1 (no digest, or recorded before digests existed) matches any content.
 local seen = {}
 for first = 1, #KEYS, 1000 do
   local last = math.min(first + 999, #KEYS)
   if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
     for i = first, last do
-      if redis.call('EXISTS', KEYS[i]) == 1 then seen[#seen + 1] = i end
+      local recorded = redis.call('GET', KEYS[i])
+      if recorded then
+        local digest = digests[i]
+        if digest == nil or recorded == '1' or recorded == digest then seen[#seen + 1] = i else seen[#seen + 1] = -i end
+      end
     end
   end
 end
@@ -128,6 +137,6 @@ for m = 1, #members, 2 do
   if r == 1 then undo[#undo + 1] = function() redis.call('SREM', key, member) end end
 end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], 1, 'EX', ttl, 'NX')
+  redis.call('SET', KEYS[i], digests[i] or 1, 'EX', ttl, 'NX')
 end
 return {0}

@@ -23,7 +23,7 @@ from psd import compat, openapi
 from psd.access import Scope, Tokens
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.leaderboard import board_json
-from psd.model import WriteUnit, group_parts
+from psd.model import WriteUnit, content_digest, group_parts
 from psd.reader import SumRequest, gathered
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
 from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
@@ -169,9 +169,7 @@ class API:
     def write_points(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points)
         keyed = [parse_point(item, self._metrics, index) for index, item in enumerate(items)]
-        unit = WriteUnit(group_parts(keyed, self._idempotency_key(request)))
-        return self._writer.submit(unit).addCallback(
-            lambda result: {"written": result.written, "duplicates": result.duplicates})
+        return self._submit(request, keyed)
 
     def _idempotency_key(self, request) -> Optional[str]:
         header = request.getHeader(b"Idempotency-Key")
@@ -414,8 +412,14 @@ class API:
         return sums, atids
 
     def _submit(self, request, keyed: list) -> defer.Deferred:
-        """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates."""
-        d = self._writer.submit(WriteUnit(group_parts(keyed, self._idempotency_key(request))))
+        """Write (id, Point|Count) pairs as one unit; the answer counts written and duplicates.
+
+        An Idempotency-Key is bound to a digest of the validated items: the same
+        key with other content is a 422, not a silent duplicate.
+        """
+        key = self._idempotency_key(request)
+        digest = content_digest(keyed) if key is not None else None
+        d = self._writer.submit(WriteUnit(group_parts(keyed, key, digest), atomic=key is not None))
         return d.addCallback(lambda result: {"written": result.written, "duplicates": result.duplicates})
 
     def _uid_list(self, uids) -> list[int]:

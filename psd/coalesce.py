@@ -20,6 +20,12 @@ from psd.model import WriteUnit
 MAX_EXACT = 2**53
 _NAMES_CACHE_SIZE = 65536
 _TWO_DIGITS = [f"{n:02d}" for n in range(60)]
+#: Redis time per HINCRBY, per hash touched (created, in the worst case) and per idempotency
+#: key (EXISTS, GET, SET EX NX) in lua/write.lua: bench/script_cost.py's shapes, rounded up
+#: so that the model is never below what Redis took on this machine (2 cores, Redis 7.0).
+US_PER_INCREMENT = 2.8
+US_PER_HASH = 1.5
+US_PER_KEY = 3.5
 
 
 class Batch:
@@ -45,24 +51,29 @@ class Batch:
         self._atids: set = set()
         #: (unit index, part index) of each idempotency key, in KEYS order
         self.keyed_parts: list[tuple[int, int]] = []
-        self._keys_in_batch: set = set()
-        #: parts skipped because their key came twice in this batch
-        self.duplicates_in_batch: dict[int, int] = {}
+        self._digests: dict = {}  # idempotency key in this batch -> its part's digest (or None)
+        #: items per unit skipped as duplicates: their key came earlier in this batch, or Redis has it
+        self.duplicates: dict[int, int] = {}
+        #: units left out whole: their Idempotency-Key came earlier in this batch with other content
+        self.conflicts: set = set()
 
-    def add(self, unit: WriteUnit, skip: frozenset = frozenset()) -> None:
-        """Merge a unit, leaving out the parts whose index is in ``skip``."""
+    def add(self, unit: WriteUnit, seen: frozenset = frozenset()) -> None:
+        """Merge a unit, leaving out the parts whose key is in ``seen`` (Redis reported it applied)."""
         unit_index = len(self.units)
         self.units.append(unit)
+        digests = self._digests
+        for part in unit.parts:
+            if part.digest is not None and digests.get(part.dedupe_key, part.digest) != part.digest:
+                self.conflicts.add(unit_index)
+                return
         seconds, minutes, hours = self._seconds, self._minutes, self._hours
         totals, atids = self._totals, self._atids
         for part_index, part in enumerate(unit.parts):
-            if part_index in skip:
-                continue
             if part.dedupe_key is not None:
-                if part.dedupe_key in self._keys_in_batch:
-                    self.duplicates_in_batch[unit_index] = self.duplicates_in_batch.get(unit_index, 0) + part.size()
+                if part.dedupe_key in digests or part.dedupe_key in seen:
+                    self.duplicates[unit_index] = self.duplicates.get(unit_index, 0) + part.size()
                     continue
-                self._keys_in_batch.add(part.dedupe_key)
+                digests[part.dedupe_key] = part.digest
                 self.keyed_parts.append((unit_index, part_index))
             for point in part.points:
                 uid, atid, metric, value, ts, _, total = point
@@ -91,8 +102,23 @@ class Batch:
         fields = len(self._seconds) + len(self._minutes) + 3 * len(self._hours)
         return 2 * fields + 10 * len(self._totals) + 5 * len(self._counts)
 
+    def cost_terms(self) -> tuple[int, int, int]:
+        """(increments, hashes touched, idempotency keys) of this batch's call: bounds, as above.
+
+        A series' hashes are its distinct minutes plus, per distinct hour, the
+        hour, day, month and year hashes (at most).
+        """
+        hashes = 2 * (len(self._minutes) + 4 * len(self._hours)) + 10 * len(self._totals) + 5 * len(self._counts)
+        return self.increments_estimate(), hashes, len(self.keyed_parts)
+
+    def cost_us(self) -> float:
+        """The Redis time this batch's script call should take, by the model of bench/script_cost.py."""
+        increments, hashes, keys = self.cost_terms()
+        return US_PER_INCREMENT * increments + US_PER_HASH * hashes + US_PER_KEY * keys
+
     def script_args(self) -> tuple[list, list]:
-        """(KEYS, ARGV) for ``lua/write.lua``: KEYS are the idempotency keys, the rest is ARGV[1].
+        """(KEYS, ARGV) for ``lua/write.lua``: KEYS are the idempotency keys, the rest is ARGV[1];
+        ARGV[2], when some key has one, maps a key's position to its digest (Idempotency-Key).
 
         Hash keys travel as a prefix index and a bucket (the script joins
         them), so a key prefix is encoded once per batch, not once per hash.
@@ -140,9 +166,14 @@ class Batch:
         for uid, atid in sorted(self._atids):
             members += (layout.atids_key(uid), str(atid))
 
-        seen_keys = [layout.seen_key(self.units[u].parts[p].dedupe_key) for u, p in self.keyed_parts]
+        seen_keys, digests = [], {}
+        for position, (u, p) in enumerate(self.keyed_parts, 1):
+            part = self.units[u].parts[p]
+            seen_keys.append(layout.seen_key(part.dedupe_key))
+            if part.digest is not None:
+                digests[position] = part.digest
         argv = msgpack.packb([self.dedupe_ttl, prefixes, hashes, totals_args, members])
-        return seen_keys, [argv]
+        return seen_keys, ([argv, msgpack.packb(digests)] if digests else [argv])
 
 
 def _written_atids(atid: int) -> tuple:

@@ -43,6 +43,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "window_ms": (float, 5.0, lambda v: 0 <= v <= 1000),
         "max_batch_points": (int, 5000, lambda v: v >= 1),
         "max_script_increments": (int, 2000, lambda v: v >= 10),
+        "max_script_ms": (float, 20.0, lambda v: v > 0),
         "max_queue_points": (int, 200000, lambda v: v >= 1),
         "max_in_flight": (int, 2, lambda v: v >= 1),
         "dedupe_ttl": (int, 86400, lambda v: v >= 1),

@@ -27,3 +27,11 @@ class RejectedByStore(Exception):
 
     Retrying cannot help: HTTP 422, NSQ dead letter.
     """
+
+
+class IdempotencyConflict(RejectedByStore):
+    """An ``Idempotency-Key`` already applied to a request with other content: HTTP 422.
+
+    Not a duplicate (that would drop the new content silently) and not
+    retryable with that key.
+    """

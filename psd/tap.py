@@ -294,7 +294,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     w = settings.writer
     writer = Writer(reactor, store, layout, dedupe_ttl=w["dedupe_ttl"], window=w["window_ms"] / 1000.0,
                     max_batch_points=w["max_batch_points"], max_script_increments=w["max_script_increments"],
-                    max_queue_points=w["max_queue_points"], max_in_flight=w["max_in_flight"])
+                    max_queue_points=w["max_queue_points"], max_in_flight=w["max_in_flight"],
+                    max_script_ms=w["max_script_ms"])
     WriterService(writer).setServiceParent(root)
     reader = Reader(store, layout, settings.query["max_reads_per_call"])
 

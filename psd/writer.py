@@ -2,7 +2,9 @@
 
 Units are merged into one call of the write script: those of one reactor turn
 when Redis has a free call slot, else those that arrive until a slot frees,
-for at most ``window`` seconds (or until the batch is full).  Each unit's
+for at most ``window`` seconds (or until the batch is full, or its call would
+cost more than ``max_script_ms`` of Redis time by the cost model; a unit that
+alone would is split, see psd.split).  Each unit's
 Deferred fires only when Redis acknowledged the call that holds it, and fails
 exactly when that call failed.  The queue is bounded: past ``max_queue_points`` a submit fails
 at once with :class:`Overloaded`, which HTTP turns into 503 + Retry-After and
@@ -17,9 +19,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from psd.coalesce import Batch
-from psd.errors import Overloaded, RejectedByStore, StoreUnavailable
+from psd.errors import IdempotencyConflict, InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.keys import Layout
 from psd.model import UnitResult, WriteUnit
+from psd.split import WORST_US_PER_ITEM, split_unit
 
 
 class Writer:
@@ -27,7 +30,7 @@ class Writer:
 
     def __init__(self, reactor, store, layout: Layout, dedupe_ttl: int = 86400, window: float = 0.005,
                  max_batch_points: int = 5000, max_script_increments: int = 2000,
-                 max_queue_points: int = 200000, max_in_flight: int = 2):
+                 max_queue_points: int = 200000, max_in_flight: int = 2, max_script_ms: float = 20.0):
         self._reactor = reactor
         self._store = store
         self._layout = layout
@@ -37,6 +40,7 @@ class Writer:
         self._max_script_increments = max_script_increments
         self._max_queue_points = max_queue_points
         self._max_in_flight = max_in_flight
+        self._budget_us = max_script_ms * 1000
         self._day_names: dict = {}
         self._filling = None
         self._waiters: list = []
@@ -50,15 +54,58 @@ class Writer:
         self._idle: list = []
 
     def submit(self, unit: WriteUnit) -> defer.Deferred:
-        """Queue one unit; the Deferred fires with its UnitResult once applied."""
+        """Queue one unit; the Deferred fires with its UnitResult once applied.
+
+        A unit whose call would cost more than ``max_script_ms`` by the cost
+        model is applied in pieces that each fit (see :meth:`_submit_pieces`),
+        or refused with InvalidInput when it is atomic.
+        """
         size = unit.size()
         if self.queued_points + size > self._max_queue_points and self.queued_points:
             return defer.fail(Overloaded("write queue is full"))
+        if size * WORST_US_PER_ITEM > self._budget_us:  # cheap: most units cannot come near the budget
+            pieces = split_unit(unit, self._layout, self._budget_us)
+            if len(pieces) > 1:
+                return self._submit_pieces(unit, pieces)
+        return self._enqueue(unit, size)
+
+    def _submit_pieces(self, unit: WriteUnit, pieces: list) -> defer.Deferred:
+        """Apply a unit too costly for one call as several; answer once, for all of them.
+
+        Not atomic: if a piece fails, the pieces that succeeded stay applied
+        (their items with an id, or under an NSQ message's key, are not applied
+        again by a retry; items without one would be) and the error says how
+        many items are known applied.
+        """
+        if unit.atomic:
+            return defer.fail(InvalidInput(
+                f"this request would take {len(pieces)} write-script calls of at most [writer] max_script_ms = "
+                f"{self._budget_us / 1000:g} ms of Redis time each, and a request with an Idempotency-Key is "
+                f"applied whole in one: send it in {len(pieces)} or more smaller requests"))
+        self.log.info("a write of {items} items is applied in {calls} script calls", items=unit.size(),
+                      calls=len(pieces))
+        done = defer.DeferredList([self._enqueue(piece, piece.size()) for piece in pieces], consumeErrors=True)
+
+        def answered(results):
+            failures = [result for ok, result in results if not ok]
+            applied = [result for ok, result in results if ok]
+            if not failures:
+                return UnitResult(sum(r.written for r in applied), sum(r.duplicates for r in applied))
+            error = failures[0].value
+            known = sum(r.written + r.duplicates for r in applied)
+            raise type(error)(f"{error} (the write was split into {len(pieces)} script calls by [writer] "
+                              f"max_script_ms; {known} of its {unit.size()} items are known applied, and items "
+                              f"without an id would be applied again by a retry)")
+
+        return done.addCallback(answered)
+
+    def _enqueue(self, unit: WriteUnit, size: int) -> defer.Deferred:
         self.queued_points += size
         d = defer.Deferred()
         if self._filling is not None and (
             self._filling.points + size > self._max_batch_points
             or self._filling.increments_estimate() + 10 * size > self._max_script_increments
+            or self._filling.cost_us() + size * WORST_US_PER_ITEM > self._budget_us
         ):
             self._seal()
         if self._filling is None:
@@ -66,7 +113,8 @@ class Writer:
         self._filling.add(unit)
         self._waiters.append(d)
         if (self._filling.points >= self._max_batch_points
-                or self._filling.increments_estimate() >= self._max_script_increments):
+                or self._filling.increments_estimate() >= self._max_script_increments
+                or self._filling.cost_us() >= self._budget_us):
             self._seal()
         elif self._timer is None:
             # A free call slot: send at the end of this reactor turn, with whatever else arrived
@@ -138,10 +186,12 @@ class Writer:
     def _apply(self, batch: Batch, waiters: list):
         """Write one batch; re-merge without the parts Redis says it has seen.
 
+        A key Redis reports is left out of every part that carries it, so each
+        part is counted once, as a duplicate, however often it came; a unit
+        whose Idempotency-Key Redis holds for other content fails alone.
         Fires with the StoreUnavailable error if the store failed the call, else None.
         """
-        duplicates = dict(batch.duplicates_in_batch)
-        skipped: dict[int, set] = {}
+        seen: set = set()
         while True:
             keys, args = batch.script_args()
             self.calls += 1
@@ -162,18 +212,26 @@ class Writer:
                 return None
             if int(reply[0]) == 0:
                 break
-            for position in reply[1:]:
-                unit_index, part_index = batch.keyed_parts[int(position) - 1]
-                skipped.setdefault(unit_index, set()).add(part_index)
-                duplicates[unit_index] = duplicates.get(unit_index, 0) + batch.units[unit_index].parts[part_index].size()
-            batch = self._remerge(batch.units, skipped)
-        self._answer(batch, waiters, duplicates=duplicates)
+            conflicting = set()
+            for position in map(int, reply[1:]):
+                unit_index, part_index = batch.keyed_parts[abs(position) - 1]
+                if position > 0:
+                    seen.add(batch.units[unit_index].parts[part_index].dedupe_key)
+                else:
+                    conflicting.add(unit_index)
+            batch, waiters = self._remerge(batch, waiters, frozenset(seen), conflicting)
+        self._answer(batch, waiters)
 
-    def _remerge(self, units: list, skipped: dict) -> Batch:
-        batch = self._new_batch()
-        for index, unit in enumerate(units):
-            batch.add(unit, frozenset(skipped.get(index, ())))
-        return batch
+    def _remerge(self, batch: Batch, waiters: list, seen: frozenset, conflicting: set) -> tuple:
+        """The batch again without the parts in ``seen``; the ``conflicting`` units are failed now."""
+        again, kept = self._new_batch(), []
+        for index, (unit, d) in enumerate(zip(batch.units, waiters)):
+            if index in conflicting:
+                self._answer_unit(unit, d, failure=_conflict(unit))
+            else:
+                again.add(unit, seen)
+                kept.append(d)
+        return again, kept
 
     @defer.inlineCallbacks
     def _isolate(self, batch: Batch, waiters: list):
@@ -187,14 +245,25 @@ class Writer:
             alone.add(unit)
             yield self._apply(alone, [d])
 
-    def _answer(self, batch: Batch, waiters: list, failure=None, duplicates=None) -> None:
+    def _answer(self, batch: Batch, waiters: list, failure=None) -> None:
         for index, (unit, d) in enumerate(zip(batch.units, waiters)):
-            size = unit.size()
-            self.queued_points -= size
-            if d.called:  # cancelled: the client went away; the write went on regardless
-                continue
-            if failure is not None:
-                d.errback(failure)
+            if failure is None and index in batch.conflicts:
+                self._answer_unit(unit, d, failure=_conflict(unit))
             else:
-                dup = duplicates.get(index, 0)
-                d.callback(UnitResult(size - dup, dup))
+                self._answer_unit(unit, d, failure, batch.duplicates.get(index, 0))
+
+    def _answer_unit(self, unit: WriteUnit, d: defer.Deferred, failure=None, duplicates: int = 0) -> None:
+        size = unit.size()
+        self.queued_points -= size
+        if d.called:  # cancelled: the client went away; the write went on regardless
+            return
+        if failure is not None:
+            d.errback(failure)
+        else:
+            d.callback(UnitResult(size - duplicates, duplicates))
+
+
+def _conflict(unit: WriteUnit) -> IdempotencyConflict:
+    key = next(part.dedupe_key for part in unit.parts if part.digest is not None)
+    return IdempotencyConflict(f"Idempotency-Key {key.partition(':')[2]!r} was used for a request with other "
+                               f"content within the dedupe window; a retry must send the same body")

@@ -41,3 +41,9 @@ class QuickBenchTests(TestCase):
         self.assertEqual(run.returncode, 0, run.stderr[-2000:])
         self.assertIn("lua/write.lua", run.stdout)
         self.assertIn("floor (HINCRBY only)", run.stdout)
+
+    def test_script_cost_runs(self):
+        run = subprocess.run([sys.executable, str(ROOT / "bench" / "script_cost.py"), "--rounds", "1"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=110, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        self.assertIn("split by max_script_ms = 20", run.stdout)

@@ -28,7 +28,7 @@ class ShapeTests(SynchronousTestCase):
             {"uid": 1, "metric": "steps", "value": 5, "ts": 10, "id": "a"},
             {"uid": 2, "metric": "steps", "value": 6, "ts": 11},
         ])
-        self.assertEqual(unit.parts, (Part("p:a", (Point(1, 0, "steps", 5, 10),)),
+        self.assertEqual(unit.parts, (Part("u:1:steps:a", (Point(1, 0, "steps", 5, 10),)),
                                       Part(KEY, (Point(2, 0, "steps", 6, 11),))))
 
     def test_go_metric_job_with_aid_is_a_total_at_ts2(self):

@@ -110,5 +110,5 @@ class GroupPartsTests(SynchronousTestCase):
     def test_ids_become_parts(self):
         a, b, c = Point(1, 0, "points", 1, 0), Point(2, 0, "points", 1, 0), Count("logins", 1, 0)
         self.assertEqual(group_parts([("x", a), (None, b), (None, c)]),
-                         (Part("p:x", (a,), ()), Part(None, (b,), (c,))))
+                         (Part("u:1:points:x", (a,), ()), Part(None, (b,), (c,))))
         self.assertEqual(group_parts([("x", a), (None, b)], unit_key="h:k"), (Part("h:k", (a, b), ()),))
