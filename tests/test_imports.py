@@ -14,9 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 PACKAGE = Path(__file__).resolve().parent.parent / "psd"
 
-CORE = {"psd.access", "psd.buckets", "psd.coalesce", "psd.compat", "psd.config", "psd.embedded_launcher", "psd.errors", "psd.keys",
-        "psd.leaderboard", "psd.model", "psd.openapi", "psd.series", "psd.validation", "psd.nsq.framing",
-        "psd.nsq.messages"}
+CORE = {"psd.access", "psd.buckets", "psd.coalesce", "psd.compat", "psd.config", "psd.embedded_launcher", "psd.errors",
+        "psd.keys", "psd.leaderboard", "psd.model", "psd.openapi", "psd.series", "psd.split", "psd.validation",
+        "psd.nsq.framing", "psd.nsq.messages"}
 HTTP = {"psd.api", "psd.web"}
 NSQ = {"psd.nsq.protocol", "psd.nsq.consumer"}
 #: libraries that do I/O or need a reactor: edges only
