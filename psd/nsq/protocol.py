@@ -225,6 +225,7 @@ class NSQProtocol(Protocol):
             self.state = "identified"
             return self.server_settings
         if self.server_settings.get("tls_v1") is not True:
+            self.disconnect()
             raise TLSRefused("nsqd did not agree to tls_v1 (is it started with --tls-cert and --tls-key?); "
                              "not going on in plain text")
         # nsqd flushed its reply and now waits for our ClientHello; its next

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import ssl
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS
@@ -66,15 +67,11 @@ def _client_certificate(cert_file: str, key_file: str) -> ssl.PrivateCertificate
     cert_pem = _read(cert_file, "tls_cert_file")
     key_pem = _read(key_file, "tls_key_file")
     try:
-        certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.use_certificate(certificate.original)
-        context.use_privatekey(certificate.privateKey.original)
-        context.check_privatekey()
-    except (SSL.Error, ValueError, TypeError) as e:
+        # loadPEM also checks that the key is the certificate's
+        return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    except (SSL.Error, VerifyError, ValueError, TypeError) as e:
         raise ValueError(f"settings: [nsq] tls_cert_file {cert_file!r} and tls_key_file {key_file!r} "
                          f"are not a matching PEM certificate and key ({e})") from None
-    return certificate
 
 
 def client_tls(nsq: dict) -> Optional[ClientTLS]:
