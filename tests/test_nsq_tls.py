@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, ssl
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -44,6 +44,21 @@ class AuthServer(Resource):
                                                "permissions": ["subscribe", "publish"]}]}).encode()
 
 
+class HTTPSLookupd(Resource):
+    """An nsqlookupd behind HTTPS (nsqlookupd itself serves plain HTTP): /lookup names one nsqd."""
+
+    isLeaf = True
+
+    def __init__(self, nsqd: NSQD):
+        super().__init__()
+        self.nsqd = nsqd
+
+    def render_GET(self, request):
+        return json.dumps({"channels": ["psd"], "producers": [
+            {"broadcast_address": "127.0.0.1", "tcp_port": self.nsqd.tcp_port, "http_port": self.nsqd.http_port,
+             "hostname": "nsqd", "version": "1.3.0"}]}).encode()
+
+
 class TLSTestCase(base.IntegrationTestCase):
     @defer.inlineCallbacks
     def setUp(self):
@@ -73,7 +88,9 @@ class TLSTestCase(base.IntegrationTestCase):
     @defer.inlineCallbacks
     def consumed_through_tls(self, nsqd: NSQD, tls: ClientTLS, **options):
         """Publish a mixed workload, consume it through ``tls``; the sums must be exact."""
-        consumer = self.consumer(nsqd_tcp_addresses=(nsqd.tcp_address,), tls=tls, **options)
+        if "lookupd_http_addresses" not in options:
+            options["nsqd_tcp_addresses"] = (nsqd.tcp_address,)
+        consumer = self.consumer(tls=tls, **options)
         yield self.publish(nsqd, 0, 3000)
         yield self.assert_sums(nsqd)
         stats = yield nsqd.channel_stats("psd", "psd")
@@ -99,6 +116,16 @@ class TLSTests(TLSTestCase):
     def test_consumes_through_tls_verified_against_the_ca(self):
         nsqd = yield self.tls_nsqd()
         yield self.consumed_through_tls(nsqd, ClientTLS(self.ca.ca_file))
+
+    @defer.inlineCallbacks
+    def test_https_lookupd_verified_against_the_same_ca(self):
+        nsqd = yield self.tls_nsqd()
+        with open(self.server_cert[0], "rb") as cert, open(self.server_cert[1], "rb") as key:
+            server_options = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+        port = reactor.listenSSL(0, Site(HTTPSLookupd(nsqd)), server_options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        yield self.consumed_through_tls(nsqd, ClientTLS(self.ca.ca_file),
+                                        lookupd_http_addresses=(f"https://127.0.0.1:{port.getHost().port}",))
 
     @defer.inlineCallbacks
     def test_certificate_from_an_unknown_ca_is_refused(self):

@@ -239,7 +239,8 @@ class NSQConsumer(Service):
     def _handshake_failed(self, failure: Failure, connection: NSQProtocol) -> None:
         if failure.check(TLSRefused):
             host, _ = split_address(connection.address)
-            self.log.error("nsqd {address}: TLS refused: {error} (nsqd's certificate checked against {trust} for the name {name})",
+            self.log.error("nsqd {address}: TLS refused: {error} "
+                           "(nsqd's certificate checked against {trust} for the name {name})",
                            address=connection.address, error=failure.getErrorMessage(),
                            trust=self._tls.trust_description(), name=self._tls.name_for(host))
             connection.disconnect()
