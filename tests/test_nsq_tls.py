@@ -143,6 +143,12 @@ class TLSTests(TLSTestCase):
         self.assertIn("for the name other.test", line)
 
     @defer.inlineCallbacks
+    def test_nsqd_without_tls_is_refused_not_used_in_plain_text(self):
+        nsqd = yield self.nsqd()
+        (line,) = yield self.refused(nsqd, ClientTLS(self.ca.ca_file))
+        self.assertIn(f"nsqd {nsqd.tcp_address}: TLS refused: nsqd did not agree to tls_v1", line)
+
+    @defer.inlineCallbacks
     def test_client_certificate_when_nsqd_requires_one(self):
         nsqd = yield self.tls_nsqd("--tls-client-auth-policy=require-verify", tls_required="tcp-https")
         client_cert = self.ca.issue("psd-client", client=True)
