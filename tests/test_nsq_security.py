@@ -230,6 +230,10 @@ class HandshakeFailureReasonTests(SynchronousTestCase):
     def test_openssl_error_stack_in_words(self):
         self.assertEqual(handshake_failure_reason(CERTIFICATE_REFUSED), "certificate verify failed")
 
+    def test_the_outermost_openssl_reason(self):
+        stack = [("", "", "provider signature failure"), ("", "", "EVP lib"), ("SSL routines", "", "certificate verify failed")]
+        self.assertEqual(handshake_failure_reason(Failure(SSL.Error(stack))), "certificate verify failed")
+
     def test_name_mismatch(self):
         failure = Failure(VerificationError(errors=[]))
         self.assertEqual(handshake_failure_reason(failure), "its certificate does not name the expected server")

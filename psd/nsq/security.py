@@ -101,10 +101,14 @@ def auth_secret(nsq: dict) -> Optional[bytes]:
 
 
 def handshake_failure_reason(failure: Failure) -> str:
-    """Why a TLS handshake failed, in words (OpenSSL's error stack is a list of tuples)."""
+    """Why a TLS handshake failed, in words.
+
+    OpenSSL's error is a stack of (library, function, reason) tuples, the
+    outermost last: "certificate verify failed" after the low-level causes.
+    """
     if failure.check(VerificationError):
         return "its certificate does not name the expected server"
     if failure.check(SSL.Error):
         reasons = [entry[-1] for entry in failure.value.args[0] if isinstance(entry, tuple) and entry[-1]]
-        return ", ".join(reasons) or "TLS error"
+        return reasons[-1] if reasons else "TLS error"
     return f"nsqd closed the connection during the TLS handshake ({failure.getErrorMessage()})"
