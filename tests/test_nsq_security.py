@@ -212,18 +212,14 @@ class ConsumerHandshakeTests(SynchronousTestCase):
         self.assertIn("nsqd requires AUTH: set [nsq] auth_secret_file", line)
 
     def test_refused_certificate_is_one_clear_line(self):
-        peer = self.consumer(tls=ClientTLS(ca_file=self.ca_file(), server_name="nsqd.test"))
+        ca_file = CertificateAuthority(self.mktemp()).ca_file
+        peer = self.consumer(tls=ClientTLS(ca_file=ca_file, server_name="nsqd.test"))
         peer.sent()
         peer.receive(nsqframes.identify_reply(tls_v1=True))
         peer.protocol.connectionLost(CERTIFICATE_REFUSED)
         (line,) = self.errors()
         self.assertIn("nsqd 127.0.0.1:4150: TLS refused: certificate verify failed", line)
-        self.assertIn(f"checked against the CA in {self.ca_file()} for the name nsqd.test", line)
-
-    def ca_file(self) -> str:
-        if not hasattr(self, "_ca"):
-            self._ca = CertificateAuthority(self.mktemp())
-        return self._ca.ca_file
+        self.assertIn(f"checked against the CA in {ca_file} for the name nsqd.test", line)
 
 
 class HandshakeFailureReasonTests(SynchronousTestCase):

@@ -89,7 +89,6 @@ class NSQProtocol(Protocol):
         self.rdy = 0
         self.max_rdy_count = DEFAULT_MAX_RDY_COUNT
         self.server_settings: dict = {}
-        self.identity: dict = {}
         self.in_flight: set = set()
 
     # -- connection events
@@ -253,10 +252,9 @@ class NSQProtocol(Protocol):
 
     def _authenticated(self, data: bytes) -> dict:
         try:
-            self.identity = json.loads(data)
+            return json.loads(data)
         except ValueError:
-            self.identity = {}
-        return self.identity
+            return {}
 
     def subscribe(self, topic: str, channel: str) -> Deferred:
         self.transport.write(framing.subscribe(topic, channel))

@@ -76,9 +76,8 @@ def _client_certificate(cert_file: str, key_file: str) -> ssl.PrivateCertificate
 
 def client_tls(nsq: dict) -> Optional[ClientTLS]:
     """``[nsq] tls*`` as a ClientTLS, or None when TLS is off (then the other tls_* must be unset)."""
-    files = {name: nsq[name] for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")}
     if not nsq["tls"]:
-        given = [name for name, value in files.items() if value]
+        given = [name for name in ("tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file") if nsq[name]]
         if given:
             raise ValueError(f"settings: [nsq] {given[0]} is set but [nsq] tls is false")
         return None
