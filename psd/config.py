@@ -61,6 +61,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "lookupd_poll_interval": (float, 60.0, lambda v: v > 0),
         "backoff_max": (float, 60.0, lambda v: v > 0),
         "stop_timeout": (float, 30.0, lambda v: v > 0),
+        "tls": (bool, False, None),
+        "tls_ca_file": (str, "", None),
+        "tls_server_name": (str, "", None),
+        "tls_cert_file": (str, "", None),
+        "tls_key_file": (str, "", None),
+        "auth_secret": (str, "", None),
+        "auth_secret_file": (str, "", None),
     },
     "query": {
         "max_uids": (int, 10000, lambda v: v >= 1),

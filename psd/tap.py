@@ -20,6 +20,7 @@ from psd.api import API
 from psd.embedded import EmbeddedRedis, data_dir_holder, find_server_binary
 from psd.embedded import socket_path as embedded_socket_path
 from psd.keys import Layout
+from psd.nsq import security as nsq_security
 from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
@@ -89,6 +90,8 @@ class Options(usage.Options):
                 if values:
                     settings.set("nsq", name, values)
             self.role = _role(self["role"], settings.nsq)
+            self.nsq_tls = nsq_security.client_tls(settings.nsq)
+            self.nsq_auth_secret = nsq_security.auth_secret(settings.nsq)
             _check_endpoint(settings.http["listen"], self._named("http"))
             # resolved once: a relative data_dir means the working directory psd was started in
             settings.set("embedded", "data_dir", os.path.abspath(settings.embedded["data_dir"]))
@@ -260,14 +263,15 @@ class StopInOrder(MultiService):
                 Logger().failure("stopping {service} failed", service=service.name)
 
 
-def _nsq_consumer(reactor, writer, metrics, nsq: dict) -> NSQConsumer:
+def _nsq_consumer(reactor, writer, metrics, nsq: dict, options: Options) -> NSQConsumer:
     return NSQConsumer(reactor, writer, metrics, topic=nsq["topic"], channel=nsq["channel"],
                        nsqd_tcp_addresses=tuple(nsq["nsqd_tcp_addresses"]),
                        lookupd_http_addresses=tuple(nsq["lookupd_http_addresses"]),
                        max_in_flight=nsq["max_in_flight"], max_attempts=nsq["max_attempts"],
                        dead_letter_topic=nsq["dead_letter_topic"], msg_timeout=nsq["msg_timeout"],
                        heartbeat_interval=nsq["heartbeat_interval"], lookupd_poll_interval=nsq["lookupd_poll_interval"],
-                       backoff_max=nsq["backoff_max"], stop_timeout=nsq["stop_timeout"])
+                       backoff_max=nsq["backoff_max"], stop_timeout=nsq["stop_timeout"],
+                       tls=options.nsq_tls, auth_secret=options.nsq_auth_secret)
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
@@ -302,7 +306,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     metrics = metric_names(settings.metrics["names"])
     health_checks = {}
     if options.role in ("all", "worker"):
-        consumer = _nsq_consumer(reactor, writer, metrics, settings.nsq)
+        consumer = _nsq_consumer(reactor, writer, metrics, settings.nsq, options)
         consumer.setName("nsq")
         consumer.setServiceParent(root)
         health_checks["nsq"] = lambda: (any(c["state"] == "subscribed" for c in consumer.status()), consumer.status())

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from treq.client import HTTPClient
-from twisted.internet import defer, reactor, task
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet import defer, reactor, ssl, task
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from tests.redisfixture import free_port
 
@@ -24,6 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".tools" / "bin"
 # No persistent connections: trial wants a clean reactor after each test.
 treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+def https_client(ca_file: str) -> HTTPClient:
+    """An HTTPS client that trusts only the CA in ``ca_file``."""
+    with open(ca_file, "rb") as f:
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(f.read()))
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False)))
 
 
 def nsq_binary(name: str) -> str:
@@ -43,6 +50,7 @@ class _Daemon:
         self.tcp_port = free_port()
         self.http_port = free_port()
         self.process = None
+        self.http = treq
         testcase.addCleanup(self.stop)
 
     @property
@@ -67,7 +75,7 @@ class _Daemon:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                response = yield treq.get(f"{self.http_url}/ping", timeout=1)
+                response = yield self.http.get(f"{self.http_url}/ping", timeout=1)
                 yield response.content()
                 if response.code == 200:
                     return
@@ -88,7 +96,7 @@ class _Daemon:
 
     @defer.inlineCallbacks
     def get_json(self, path: str):
-        response = yield treq.get(self.http_url + path, timeout=5)
+        response = yield self.http.get(self.http_url + path, timeout=5)
         body = yield response.content()
         return response.code, json.loads(body) if body else None
 
@@ -103,10 +111,29 @@ class NSQLookupd(_Daemon):
 
 
 class NSQD(_Daemon):
-    def __init__(self, testcase, node_id: int = 1, lookupd: NSQLookupd = None):
+    """nsqd; given ``tls=(ca_file, cert_file, key_file)`` it requires TLS on TCP and HTTP
+    (``--tls-required=true``) and the fixture talks to its HTTPS port, or only on TCP with
+    ``tls_required="tcp-https"`` (then the fixture keeps to plain HTTP: nsqd asks HTTPS
+    clients for a certificate too when it requires client certificates)."""
+
+    def __init__(self, testcase, node_id: int = 1, lookupd: NSQLookupd = None, tls: tuple = None,
+                 tls_required: str = "true", extra_args: tuple = ()):
         super().__init__(testcase, "nsqd")
         self.node_id = node_id
         self.lookupd = lookupd
+        self.tls = tls
+        self.tls_required = tls_required
+        self.extra_args = tuple(extra_args)
+        self.https_port = free_port()
+        if tls is not None and tls_required == "true":
+            self.https_port = free_port()
+            self.http = https_client(tls[0])
+
+    @property
+    def http_url(self) -> str:
+        if self.tls is None or self.tls_required != "true":
+            return super().http_url
+        return f"https://127.0.0.1:{self.https_port}"
 
     def args(self) -> list:
         args = [self.binary, f"--data-path={self.dir}", f"--tcp-address=127.0.0.1:{self.tcp_port}",
@@ -114,11 +141,15 @@ class NSQD(_Daemon):
                 f"--node-id={self.node_id}", "--msg-timeout=5s", "--mem-queue-size=100000"]
         if self.lookupd is not None:
             args.append(f"--lookupd-tcp-address=127.0.0.1:{self.lookupd.tcp_port}")
-        return args
+        if self.tls is not None:
+            ca_file, cert_file, key_file = self.tls
+            args += [f"--tls-cert={cert_file}", f"--tls-key={key_file}", f"--tls-root-ca-file={ca_file}",
+                     f"--tls-required={self.tls_required}", f"--https-address=127.0.0.1:{self.https_port}"]
+        return args + list(self.extra_args)
 
     @defer.inlineCallbacks
     def post(self, path: str, body: bytes = b""):
-        response = yield treq.post(self.http_url + path, data=body, timeout=30)
+        response = yield self.http.post(self.http_url + path, data=body, timeout=30)
         content = yield response.content()
         if response.code != 200:
             raise RuntimeError(f"nsqd {path}: HTTP {response.code} {content!r}")

@@ -18,7 +18,7 @@ CORE = {"psd.access", "psd.buckets", "psd.coalesce", "psd.compat", "psd.config",
         "psd.keys", "psd.leaderboard", "psd.model", "psd.openapi", "psd.series", "psd.split", "psd.validation",
         "psd.nsq.framing", "psd.nsq.messages"}
 HTTP = {"psd.api", "psd.web"}
-NSQ = {"psd.nsq.protocol", "psd.nsq.consumer"}
+NSQ = {"psd.nsq.protocol", "psd.nsq.consumer", "psd.nsq.security"}
 #: libraries that do I/O or need a reactor: edges only
 IO_LIBRARIES = ("twisted", "txredisapi", "klein", "treq", "werkzeug")
 

@@ -59,8 +59,10 @@ class FakeHTTP:
 class Peer(nsqframes.WireEnd):
     """One fake nsqd connection made by the consumer."""
 
+    transport_type = StringTransport
+
     def __init__(self, wrapping_factory):
-        self.transport = StringTransport()
+        self.transport = self.transport_type()
         wrapper = wrapping_factory.buildProtocol(None)
         wrapper.makeConnection(self.transport)
         self.transport.protocol = wrapper

@@ -29,7 +29,8 @@ import psd
 from psd.errors import InvalidInput, RejectedByStore, StoreUnavailable
 from psd.nsq import framing
 from psd.nsq.messages import parse_message
-from psd.nsq.protocol import NSQProtocol
+from psd.nsq.protocol import NSQProtocol, TLSRefused
+from psd.nsq.security import ClientTLS
 
 DEAD_LETTER_BODY_LIMIT = 256 * 1024
 #: the first re-poll of lookupd after an answer with no nsqd, doubled on each empty answer
@@ -43,6 +44,10 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"nsqd address {address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+class AuthNotConfigured(Exception):
+    """nsqd requires AUTH and psd has no secret to send."""
 
 
 class _Peer:
@@ -88,6 +93,8 @@ class NSQConsumer(Service):
         output_buffer_timeout: float = 0.25,
         http_client=None,
         random: Optional[random_module.Random] = None,
+        tls: Optional[ClientTLS] = None,
+        auth_secret: Optional[bytes] = None,
     ):
         if not nsqd_tcp_addresses and not lookupd_http_addresses:
             raise ValueError("give nsqd_tcp_addresses or lookupd_http_addresses")
@@ -122,6 +129,8 @@ class NSQConsumer(Service):
         self._random = random or random_module.Random()
         self._retry_policy = backoffPolicy(reconnect_initial, reconnect_max, 2.0, jitter=self._random.random)
         self._http = http_client
+        self._tls = tls
+        self._auth_secret = auth_secret
         self._peers: dict[str, _Peer] = {}
         self._ready: list[NSQProtocol] = []
         self._processing: set[Deferred] = set()
@@ -147,7 +156,9 @@ class NSQConsumer(Service):
             if self._http is None:
                 import treq
                 from twisted.web.client import Agent
-                self._http = treq.client.HTTPClient(Agent(self._reactor))
+                agent = Agent(self._reactor) if self._tls is None else Agent(
+                    self._reactor, contextFactory=self._tls.https_policy())
+                self._http = treq.client.HTTPClient(agent)
             self._poll_call = self._reactor.callLater(0, self._poll_lookupds)
 
     def stopService(self) -> Deferred:
@@ -200,7 +211,9 @@ class NSQConsumer(Service):
 
     def _add_peer(self, address: str, from_lookupd: bool) -> None:
         host, port = split_address(address)
-        factory = Factory.forProtocol(lambda: NSQProtocol(self._reactor, self, address, self._response_timeout))
+        tls = self._tls.options_for(host) if self._tls is not None else None
+        factory = Factory.forProtocol(lambda: NSQProtocol(self._reactor, self, address, self._response_timeout,
+                                                          tls=tls))
         service = ClientService(
             HostnameEndpoint(self._reactor, host, port), factory,
             retryPolicy=self._retry_policy, clock=self._reactor,
@@ -227,12 +240,27 @@ class NSQConsumer(Service):
         d.addErrback(self._handshake_failed, connection)
 
     def _handshake_failed(self, failure: Failure, connection: NSQProtocol) -> None:
+        if failure.check(TLSRefused):
+            host, _ = split_address(connection.address)
+            self.log.error("nsqd {address}: TLS refused: {error} "
+                           "(nsqd's certificate checked against {trust} for the name {name})",
+                           address=connection.address, error=failure.getErrorMessage(),
+                           trust=self._tls.trust_description(), name=self._tls.name_for(host))
+            connection.disconnect()
+            return
         self.log.error("nsqd {address}: handshake failed: {error}", address=connection.address,
                        error=failure.getErrorMessage())
         connection.disconnect()
 
     async def _handshake(self, connection: NSQProtocol) -> None:
         settings = await connection.identify(self._identify_settings())
+        if connection.auth_required:
+            if self._auth_secret is None:
+                raise AuthNotConfigured("nsqd requires AUTH: set [nsq] auth_secret_file (or auth_secret)")
+            identity = await connection.authenticate(self._auth_secret)
+            self.log.info("nsqd {address}: authenticated as {identity} ({permissions} permissions)",
+                          address=connection.address, identity=identity.get("identity"),
+                          permissions=identity.get("permission_count"))
         await connection.subscribe(self.topic, self.channel)
         self.log.info("nsqd {address}: subscribed to {topic}/{channel} (nsqd {version}, max_rdy_count {max_rdy})",
                       address=connection.address, topic=self.topic, channel=self.channel,

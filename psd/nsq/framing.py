@@ -71,6 +71,13 @@ def identify(settings: dict) -> bytes:
     return _command(b"IDENTIFY", body=json.dumps(settings, sort_keys=True).encode("utf-8"))
 
 
+def auth(secret: bytes) -> bytes:
+    """AUTH; nsqd refuses an empty secret (E_BAD_BODY), so it is refused here first."""
+    if not secret:
+        raise ValueError("the NSQ AUTH secret is empty")
+    return _command(b"AUTH", body=secret)
+
+
 def subscribe(topic: str, channel: str) -> bytes:
     return _command(b"SUB", _name(topic, "topic"), _name(channel, "channel"))
 

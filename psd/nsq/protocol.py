@@ -14,12 +14,13 @@ from collections import deque
 from typing import Optional, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from psd.nsq import framing
+from psd.nsq.security import handshake_failure_reason
 
 NON_FATAL_ERRORS = frozenset({b"E_FIN_FAILED", b"E_REQ_FAILED", b"E_TOUCH_FAILED"})
 DEFAULT_MAX_RDY_COUNT = 2500
@@ -42,6 +43,10 @@ class ResponseTimeout(Exception):
     """nsqd did not answer a command in time."""
 
 
+class TLSRefused(Exception):
+    """The TLS upgrade did not happen: nsqd would not, or its certificate was not verified."""
+
+
 class MessageHandler(TypingProtocol):
     def connection_made(self, connection: "NSQProtocol") -> None: ...
 
@@ -51,8 +56,13 @@ class MessageHandler(TypingProtocol):
 
 
 class NSQProtocol(Protocol):
-    """A consumer connection.  States: connecting, connected, identified,
-    subscribed, closing (CLS sent: no new messages, FIN/REQ still work), closed.
+    """A consumer connection.  States: connecting, connected, upgrading (TLS
+    handshake after IDENTIFY), identified, subscribed, closing (CLS sent: no
+    new messages, FIN/REQ still work), closed.
+
+    Given ``tls`` (client TLS options), IDENTIFY asks for ``tls_v1`` and the
+    connection goes on only over TLS: an nsqd that does not agree, or whose
+    certificate the options do not verify, ends the connection.
     """
 
     log = Logger()
@@ -64,11 +74,13 @@ class NSQProtocol(Protocol):
         address: str,
         response_timeout: float = 10.0,
         max_frame_size: int = framing.DEFAULT_MAX_FRAME,
+        tls: Optional[IOpenSSLClientConnectionCreator] = None,
     ):
         self._clock = clock
         self._handler = handler
         self.address = address
         self._response_timeout = response_timeout
+        self._tls = tls
         self._decoder = framing.FrameDecoder(max_frame_size)
         self._pending: deque = deque()
         self._idle_limit: Optional[float] = None
@@ -100,6 +112,8 @@ class NSQProtocol(Protocol):
             self._frame_received(frame)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.state == "upgrading":
+            reason = Failure(TLSRefused(handshake_failure_reason(reason)))
         self.state = "closed"
         self.rdy = 0
         if self._idle_call is not None and self._idle_call.active():
@@ -193,6 +207,8 @@ class NSQProtocol(Protocol):
         Heartbeats arrive every ``heartbeat_interval`` ms, so silence for two
         intervals means nsqd is gone even if TCP has not noticed.
         """
+        if self._tls is not None:
+            settings = dict(settings, tls_v1=True)
         interval = settings.get("heartbeat_interval", 30000)
         if interval and interval > 0:
             self._idle_limit = 2 * interval / 1000.0
@@ -200,12 +216,45 @@ class NSQProtocol(Protocol):
         self.transport.write(framing.identify(settings))
         return self._expect_response().addCallback(self._identified)
 
-    def _identified(self, data: bytes) -> dict:
+    def _identified(self, data: bytes):
         if data.startswith(b"{"):
             self.server_settings = json.loads(data)
             self.max_rdy_count = int(self.server_settings.get("max_rdy_count", DEFAULT_MAX_RDY_COUNT))
+        if self._tls is None:
+            self.state = "identified"
+            return self.server_settings
+        if self.server_settings.get("tls_v1") is not True:
+            self.disconnect()
+            raise TLSRefused("nsqd did not agree to tls_v1 (is it started with --tls-cert and --tls-key?); "
+                             "not going on in plain text")
+        # nsqd flushed its reply and now waits for our ClientHello; its next
+        # frame, OK, is the first one sent over TLS.
+        self.state = "upgrading"
+        self.transport.startTLS(self._tls)
+        return self._expect_response().addCallback(self._upgraded)
+
+    def _upgraded(self, data: bytes) -> dict:
+        if data != framing.OK:
+            raise TLSRefused(f"nsqd answered {data!r} instead of OK after the TLS upgrade")
         self.state = "identified"
         return self.server_settings
+
+    @property
+    def auth_required(self) -> bool:
+        return self.server_settings.get("auth_required") is True
+
+    def authenticate(self, secret: bytes) -> Deferred:
+        """AUTH, when IDENTIFY's reply says auth_required; fires with nsqd's
+        ``{identity, identity_url, permission_count}``.  A refused secret is a
+        fatal error frame (E_AUTH_FAILED, E_UNAUTHORIZED)."""
+        self.transport.write(framing.auth(secret))
+        return self._expect_response().addCallback(self._authenticated)
+
+    def _authenticated(self, data: bytes) -> dict:
+        try:
+            return json.loads(data)
+        except ValueError:
+            return {}
 
     def subscribe(self, topic: str, channel: str) -> Deferred:
         self.transport.write(framing.subscribe(topic, channel))
