@@ -378,8 +378,8 @@ class API:
         """{uid: {metric: sum}} and {uid: [activity types that contributed]}, as the original answered.
 
         Round one reads each user's total per metric and her set of activity
-        types together; round two reads, for the users with a total and more
-        than one type, the sums of all types but one (see compat.atids_to_read).
+        types together; round two reads, for the users with more than one type,
+        the sums of all types but one (see compat.atids_to_read).
         """
         offsets = offsets or {}
 
@@ -396,7 +396,8 @@ class API:
         members_d = self._reader.atids_of(uids) if not atid else defer.succeed({})
         totals = yield window_sums([(uid, atid) for uid in uids])
         members = yield members_d
-        plans = {uid: compat.atids_to_read(members.get(uid, set()), atid) for uid in uids if any(totals[(uid, atid)])}
+        # every user with a type written, also when her all-types total is 0: types can cancel (+5 and -5)
+        plans = {uid: compat.atids_to_read(members.get(uid, set()), atid) for uid in uids}
         own = yield window_sums([(uid, a) for uid, (to_read, _) in plans.items() for a in to_read])
         sums, atids = {}, {}
         for uid in uids:

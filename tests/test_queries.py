@@ -362,6 +362,21 @@ class CompatibleRouteTests(QueryTestCase):
         self.assertEqual(body, b'{"data":{"1":{"_atids":[0,2,3],"points":21,"steps":507}}}')
 
     @defer.inlineCallbacks
+    def test_atids_of_types_that_cancel(self):
+        """+5 on type 3 and -5 on type 4: the all-types total is 0, yet both types have a sum of their own."""
+        t = self.T
+        yield self.write(Point(5, 3, "points", 5, t), Point(5, 4, "points", -5, t + 1), Point(5, 4, "steps", 7, t + 2))
+        _, _, body = yield self.request("POST", f"/v1/mumt_query/all/{t}/{t + 5}", form={"ids": "5", "things": "points"})
+        self.assertEqual(body, b'{"data":{"5":{"_atids":[3,4],"points":0}}}')
+        _, _, body = yield self.request("POST", f"/v1/mu_query/points/all/{t}/{t + 5}", form={"ids": "5"})
+        self.assertEqual(body, b'{"atids":{"5":[3,4]},"values":{"5":0}}')
+        # v2 drops a user only when no type contributed, or when points are asked for and are 0 (as the Go psd did)
+        _, _, body = yield self.request("POST", f"/v2/mumt_query/all/{t}/{t + 5}", form={"ids": "5", "things": "steps"})
+        self.assertEqual(body, b'{"data":{"5":{"_atids":[4],"steps":7}}}')
+        _, _, body = yield self.request("POST", f"/v2/mumt_query/all/{t}/{t + 5}", form={"ids": "5", "things": "points,steps"})
+        self.assertEqual(body, b'{"data":{}}')
+
+    @defer.inlineCallbacks
     def test_readcount_routes(self):
         t = self.T
         yield self.ok_json("POST", "/v1/counts", json_body=[{"name": "views", "value": 4, "ts": t},
