@@ -65,23 +65,47 @@ def step_buckets(start: int, end: int, step: str, zone: ZoneInfo, max_buckets: i
 
 
 def _boundaries(start: int, end: int, step: str, zone: ZoneInfo) -> Iterator[tuple[int, int]]:
-    """(first second, first second of the next) of each step bucket from the one holding ``start``."""
+    """(first second, first second of the next) of each step bucket from the one holding ``start``.
+
+    A clock step bucket starts where the local clock shows a multiple of the
+    step, or where the zone's offset changes: at Lord Howe's DST start the
+    local hour 01:00+10:30 is followed by 02:30+11:00, a 30-minute hour.  The
+    first bucket is clipped to ``start`` anyway, so it is walked from there.
+    """
     span = _CLOCK_SPANS.get(step)
-    current = _local_floor(start, span, zone) if span else _calendar_start(_local_date(start, zone), step, zone)
+    current = start if span else _calendar_start(_local_date(start, zone), step, zone)
     while current <= end:
         if span:
-            following = _local_floor(current + span, span, zone)
-            following = following if following > current else current + span
+            following = _clock_boundary_after(current, span, zone)
         else:
             following = _calendar_start(_next_date(_local_date(current, zone), step), step, zone)
         yield current, following
         current = following
 
 
-def _local_floor(ts: int, span: int, zone: ZoneInfo) -> int:
-    """Start of the local clock second/minute/hour holding ``ts`` (zones with odd offsets differ from UTC)."""
-    offset = int(datetime.fromtimestamp(ts, zone).utcoffset().total_seconds())
-    return ts - (ts + offset) % span
+def _offset(ts: int, zone: ZoneInfo) -> int:
+    return int(datetime.fromtimestamp(ts, zone).utcoffset().total_seconds())
+
+
+def _clock_boundary_after(ts: int, span: int, zone: ZoneInfo) -> int:
+    """The first second after ``ts`` that starts a new local clock second, minute or hour.
+
+    That is the next multiple of ``span`` on the local clock at the offset in
+    force at ``ts``, unless the offset changes before it: then the change
+    (found by bisection; no zone changes its offset twice within an hour).
+    """
+    offset = _offset(ts, zone)
+    following = ts + span - (ts + offset) % span
+    if _offset(following - 1, zone) == offset:
+        return following
+    same, changed = ts, following - 1  # _offset(same) == offset != _offset(changed)
+    while changed - same > 1:
+        middle = (same + changed) // 2
+        if _offset(middle, zone) == offset:
+            same = middle
+        else:
+            changed = middle
+    return changed
 
 
 def _local_date(ts: int, zone: ZoneInfo) -> date:
