@@ -15,6 +15,10 @@ import time
 
 from psd.errors import InvalidInput
 
+#: ``[query] max_reads_per_request``: a 10,000-user board over 30 days with compare_to is ~140,000
+#: reads; at ~2.8 us of Redis time per read this is at most ~0.6 s of Redis time per request.
+DEFAULT_MAX_READS = 200000
+
 #: The smallest value of each field of a time tuple (year, month, day, hour, minute, second).
 _LOWEST = (None, 1, 1, 0, 0, 0)
 _SECOND = 5  # index of the seconds in a time tuple: the fields of a minute hash
