@@ -15,11 +15,9 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from twisted.internet import defer
-from twisted.trial.unittest import TestCase
 
 from psd.leaderboard import standings
-from tests.psdfixture import started_psd
-from tests.redisfixture import RedisServer
+from tests.psdfixture import PsdTestCase
 from tests.wallclock import model_buckets
 
 
@@ -66,14 +64,10 @@ class Model:
                            and p["atid"] == a and start <= p["ts"] <= end) for m in metrics)]
 
 
-class ModelRouteTests(TestCase):
-    timeout = 300
-
+class ModelRouteTests(PsdTestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.server = RedisServer(self)
-        yield self.server.start()
-        self.psd = yield started_psd(self, self.server)
+        yield super().setUp()
         self.rng = random.Random(1618)
         self.model = Model()
         yield self.write_random()

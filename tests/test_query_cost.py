@@ -9,10 +9,8 @@ import time
 import treq
 from twisted.internet import defer, reactor
 from twisted.web.client import HTTPConnectionPool
-from twisted.trial.unittest import TestCase
 
-from tests.psdfixture import started_psd
-from tests.redisfixture import RedisServer
+from tests.psdfixture import PsdTestCase
 
 USERS = list(range(1, 10001))
 DAY = calendar.timegm((2016, 3, 1, 0, 0, 0))
@@ -22,14 +20,10 @@ KATHMANDU_MIDNIGHT = DAY - (5 * 3600 + 45 * 60)
 PING_CPU_BOUND = 0.050
 
 
-class HeavyReadTests(TestCase):
-    timeout = 300
-
+class HeavyReadTests(PsdTestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.server = RedisServer(self)
-        yield self.server.start()
-        self.psd = yield started_psd(self, self.server)
+        yield super().setUp()
         status, body, _ = yield self.psd.post("/v1/points", [
             {"uid": 7, "atid": 2, "metric": "points", "value": 5, "ts": DAY + 100},
             {"uid": 9, "atid": 3, "metric": "points", "value": 3, "ts": DAY + 20 * 86400},
