@@ -24,8 +24,8 @@ from psd.access import Scope, Tokens
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.leaderboard import board_json
 from psd.model import WriteUnit, content_digest, group_parts
-from psd.reader import SumRequest, gathered
-from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
+from psd.reader import SumRequest
+from psd.series import MAX_BUCKETS, series_planner, series_sums, time_zone
 from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
                             metric_name, parse_count, parse_point)
 
@@ -205,7 +205,7 @@ class API:
         metrics = query.get("metrics")
         if not isinstance(metrics, list) or not metrics:
             raise InvalidInput("metrics must be a non-empty list")
-        metrics = [metric_name(metric, self._metrics) for metric in metrics]
+        metrics = list(dict.fromkeys(metric_name(metric, self._metrics) for metric in metrics))
         atid = integer(query, "atid", 0, MAX_ID, default=0)
         start = integer(query, "from", 0, MAX_TS)
         end = integer(query, "to", 0, MAX_TS)
@@ -245,9 +245,12 @@ class API:
         start = integer_text(args.get("from"), "from", 0, MAX_TS)
         end = integer_text(args.get("to"), "to", 0, MAX_TS)
         tz = args.get("tz", "UTC")
-        plan = plan_series(start, end, args.get("step"), time_zone(tz), self.max_series_buckets)
+        plan, planning = series_planner(start, end, args.get("step"), time_zone(tz), self.max_series_buckets)
+        yield self._reader.sliced(planning)
+        self._reader.budget().charge(len(plan.hashes))  # one HGETALL per distinct hash
         fetched = yield self._reader.fetch_buckets(uid, atid, metric, plan.hashes)
-        values = sum_series(plan, fetched)
+        values = []
+        yield self._reader.sliced(series_sums(plan, fetched, values), len(plan.buckets))
         return {"step": args["step"], "tz": tz,
                 "series": [{"start": b.start, "end": b.end, "value": v} for b, v in zip(plan.buckets, values)]}
 
@@ -271,7 +274,7 @@ class API:
         offsets = self._offsets(body.get("offsets", {}))
         users = [(uid, atid) for uid in uids]
         ends = [end] if compare_to is None else [end, compare_to]
-        values = yield gathered([self._reader.user_sums(users, [metric], start, until, offsets) for until in ends])
+        values = yield self._reader.user_sums_until(users, [metric], start, ends, offsets)
         now = dict(zip(uids, values[0]))
         then = dict(zip(uids, values[1])) if compare_to is not None else None
         return board_json(now, then, limit)  # bytes: json_route sends them as they are
@@ -381,14 +384,14 @@ class API:
         """{uid: {metric: sum}} and {uid: [activity types that contributed]}, as the original answered.
 
         Round one reads each user's total per metric and her set of activity
-        types together; round two reads, for the users with a total and more
-        than one type, the sums of all types but one (see compat.atids_to_read).
+        types together; round two reads, for the users with more than one type,
+        the sums of all types but one (see compat.atids_to_read).
         """
-        offsets = offsets or {}
+        offsets, budget = offsets or {}, self._reader.budget()
 
-        def window_sums(pairs):
+        def window_sums(pairs, before_send=None):
             """{(uid, atid): [sum per metric]}."""
-            d = self._reader.user_sums(pairs, metrics, start, end, offsets)
+            d = self._reader.user_sums(pairs, metrics, start, end, offsets, budget, before_send)
 
             def spread(flat):
                 flat = iter(flat)
@@ -396,10 +399,16 @@ class API:
 
             return d.addCallback(spread)
 
-        members_d = self._reader.atids_of(uids) if not atid else defer.succeed({})
-        totals = yield window_sums([(uid, atid) for uid in uids])
-        members = yield members_d
-        plans = {uid: compat.atids_to_read(members.get(uid, set()), atid) for uid in uids if any(totals[(uid, atid)])}
+        members_d = []  # the type sets are read with the totals, once their cost is charged too
+
+        def read_members():
+            budget.charge(len(uids) if not atid else 0)
+            members_d.append(self._reader.atids_of(uids) if not atid else defer.succeed({}))
+
+        totals = yield window_sums([(uid, atid) for uid in uids], read_members)
+        members = yield members_d[0]
+        # every user with a type written, also when her all-types total is 0: types can cancel (+5 and -5)
+        plans = {uid: compat.atids_to_read(members.get(uid, set()), atid) for uid in uids}
         own = yield window_sums([(uid, a) for uid, (to_read, _) in plans.items() for a in to_read])
         sums, atids = {}, {}
         for uid in uids:

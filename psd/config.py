@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Optional
 
+from psd.cost import DEFAULT_MAX_READS
 from psd.validation import metric_names
 
 #: section -> setting -> (type, default, check or None); the one list of settings.
@@ -72,6 +73,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "query": {
         "max_uids": (int, 10000, lambda v: v >= 1),
         "max_reads_per_call": (int, 2000, lambda v: v >= 1),
+        "max_reads_per_request": (int, DEFAULT_MAX_READS, lambda v: v >= 1),
     },
 }
 

@@ -301,7 +301,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                     max_queue_points=w["max_queue_points"], max_in_flight=w["max_in_flight"],
                     max_script_ms=w["max_script_ms"])
     WriterService(writer).setServiceParent(root)
-    reader = Reader(store, layout, settings.query["max_reads_per_call"])
+    reader = Reader(store, layout, settings.query["max_reads_per_call"], settings.query["max_reads_per_request"])
 
     metrics = metric_names(settings.metrics["names"])
     health_checks = {}

@@ -6,6 +6,7 @@ import json
 
 import treq
 from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
 
 from psd.tap import Options, makeService
 from tests.redisfixture import RedisServer, free_port
@@ -77,3 +78,15 @@ def started_psd(testcase, server: RedisServer, *extra_args: str, backlog: int = 
 def deferLater(seconds: float):
     from twisted.internet import task
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class PsdTestCase(TestCase):
+    """A test on a psd of its own (``self.psd``) over a fresh redis-server (``self.server``)."""
+
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.server = RedisServer(self)
+        yield self.server.start()
+        self.psd = yield started_psd(self, self.server)

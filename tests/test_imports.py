@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 PACKAGE = Path(__file__).resolve().parent.parent / "psd"
 
-CORE = {"psd.access", "psd.buckets", "psd.coalesce", "psd.compat", "psd.config", "psd.embedded_launcher", "psd.errors",
+CORE = {"psd.access", "psd.buckets", "psd.coalesce", "psd.compat", "psd.config", "psd.embedded_launcher", "psd.cost", "psd.errors",
         "psd.keys", "psd.leaderboard", "psd.model", "psd.openapi", "psd.series", "psd.split", "psd.validation",
         "psd.nsq.framing", "psd.nsq.messages"}
 HTTP = {"psd.api", "psd.web"}

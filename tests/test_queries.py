@@ -17,6 +17,8 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from psd.api import API
+from psd.cost import DEFAULT_MAX_READS
+from psd.validation import MAX_TS
 from psd.keys import Layout
 from psd.leaderboard import standings
 from psd.model import Part, Point, WriteUnit
@@ -47,6 +49,7 @@ class QueryTestCase(TestCase):
     """A psd API on a free port over a fresh redis-server; ``self.model`` mirrors what was written."""
 
     max_reads_per_call = 50  # small, so that every query shape spans several script calls
+    max_reads_per_request = DEFAULT_MAX_READS
     parse_forms = True  # psd's own Site (psd.web.GuardedSite) leaves POST forms unparsed
 
     @defer.inlineCallbacks
@@ -56,7 +59,7 @@ class QueryTestCase(TestCase):
         store = yield started_store(self, self.server)
         layout = Layout()
         self.writer = Writer(reactor, store, layout, window=0.001)
-        self.api = API(self.writer, Reader(store, layout, self.max_reads_per_call), store, METRICS)
+        self.api = API(self.writer, Reader(store, layout, self.max_reads_per_call, self.max_reads_per_request), store, METRICS)
         site = Site(self.api.resource(), parsePOSTFormSubmission=self.parse_forms)
         site.displayTracebacks = False
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -362,6 +365,21 @@ class CompatibleRouteTests(QueryTestCase):
         self.assertEqual(body, b'{"data":{"1":{"_atids":[0,2,3],"points":21,"steps":507}}}')
 
     @defer.inlineCallbacks
+    def test_atids_of_types_that_cancel(self):
+        """+5 on type 3 and -5 on type 4: the all-types total is 0, yet both types have a sum of their own."""
+        t = self.T
+        yield self.write(Point(5, 3, "points", 5, t), Point(5, 4, "points", -5, t + 1), Point(5, 4, "steps", 7, t + 2))
+        _, _, body = yield self.request("POST", f"/v1/mumt_query/all/{t}/{t + 5}", form={"ids": "5", "things": "points"})
+        self.assertEqual(body, b'{"data":{"5":{"_atids":[3,4],"points":0}}}')
+        _, _, body = yield self.request("POST", f"/v1/mu_query/points/all/{t}/{t + 5}", form={"ids": "5"})
+        self.assertEqual(body, b'{"atids":{"5":[3,4]},"values":{"5":0}}')
+        # v2 drops a user only when no type contributed, or when points are asked for and are 0 (as the Go psd did)
+        _, _, body = yield self.request("POST", f"/v2/mumt_query/all/{t}/{t + 5}", form={"ids": "5", "things": "steps"})
+        self.assertEqual(body, b'{"data":{"5":{"_atids":[4],"steps":7}}}')
+        _, _, body = yield self.request("POST", f"/v2/mumt_query/all/{t}/{t + 5}", form={"ids": "5", "things": "points,steps"})
+        self.assertEqual(body, b'{"data":{}}')
+
+    @defer.inlineCallbacks
     def test_readcount_routes(self):
         t = self.T
         yield self.ok_json("POST", "/v1/counts", json_body=[{"name": "views", "value": 4, "ts": t},
@@ -404,6 +422,68 @@ class CompatibleRoutesOnASiteThatDoesNotParseFormsTests(CompatibleRouteTests):
     """The daemon's Site does not parse POST forms: the original's form routes parse them themselves."""
 
     parse_forms = False
+
+
+class ReadBudgetTests(QueryTestCase):
+    """Every read route refuses a request dearer than ``max_reads_per_request`` with a 400 that
+    states the cost and the limit, before anything is sent to Redis."""
+
+    max_reads_per_request = 40
+    T = utc(2016, 3, 15, 16, 56, 45)
+
+    def redis_commands(self) -> int:
+        stats = self.server.call("INFO", "commandstats").decode()
+        return sum(int(n) for n in re.findall(r"calls=(\d+)", stats))
+
+    @defer.inlineCallbacks
+    def refused(self, method: str, path: str, **kwargs):
+        before = self.redis_commands()
+        message = yield self.bad(method, path, **kwargs)
+        self.assertIn("allowed per request", message, path)
+        self.assertIn(" 40 ", message, path)
+        self.assertEqual(self.redis_commands(), before + 1, f"{path} reached Redis")  # + the INFO itself
+        return message
+
+    @defer.inlineCallbacks
+    def test_every_read_route_is_capped(self):
+        top = MAX_TS
+        ids = {"ids": "1,2,3"}
+        yield self.refused("GET", f"/v1/sum?uids=1,2,3&metrics=points&from=0&to={top}")
+        yield self.refused("POST", "/v1/sum", json_body={"uids": [1], "metrics": ["points"], "from": 0, "to": top})
+        yield self.refused("POST", "/v1/leaderboard", json_body={"uids": [1], "metric": "points", "from": 0,
+                                                                  "to": top, "compare_to": top})
+        yield self.refused("GET", f"/v1/series?uid=1&metric=points&step=day&tz=Asia/Kathmandu&from={self.T}"
+                                  f"&to={self.T + 30 * 86400}")
+        yield self.refused("GET", f"/v1/count?names=views,clicks&from=0&to={top}")
+        yield self.refused("GET", f"/v1/query/1/points/all/0/{top}")
+        yield self.refused("POST", f"/v1/query_ids/points/all/0/{top}", form=ids)
+        yield self.refused("POST", f"/v1/mu_query/points/all/0/{top}", form=ids)
+        yield self.refused("POST", f"/v1/mumt_query/all/0/{top}", form={**ids, "things": "points"})
+        yield self.refused("POST", f"/v2/mumt_query/all/0/{top}", form={**ids, "things": "points"})
+        yield self.refused("GET", f"/v1/readcount/views/0/{top}")
+        yield self.refused("POST", f"/v1/readcount_with_ids/clicks/0/{top}", form=ids)
+
+    @defer.inlineCallbacks
+    def test_cost_is_exact_and_the_limit_is_inclusive(self):
+        """[T, T] is one read: 40 users cost 40 and pass, 41 cost 41 and are refused."""
+        t = self.T
+        answer = yield self.ok_json("POST", "/v1/sum", json_body={"uids": list(range(40)), "metrics": ["points"] * 3,
+                                                                  "from": t, "to": t})
+        self.assertEqual(len(answer["results"]), 40)
+        message = yield self.refused("POST", "/v1/sum", json_body={"uids": list(range(41)), "metrics": ["points"],
+                                                                   "from": t, "to": t})
+        self.assertIn("needs 41 hash reads", message)
+
+    @defer.inlineCallbacks
+    def test_atids_round_is_charged_before_it_is_sent(self):
+        """6 users x 2 things + 6 type sets = 18 reads; the per-type round adds 2 x 2 per user: 42."""
+        t = self.T
+        yield self.write(*[Point(uid, atid, "points", 1, t) for uid in range(6) for atid in (1, 2, 3)])
+        _, _, body = yield self.request("POST", f"/v1/mumt_query/all/{t}/{t}", form={"ids": "0,1,2,3,4,5",
+                                                                                     "things": "points,steps"})
+        self.assertIn(b"needs 42 hash reads", body)
+        answer = yield self.ok_json("POST", f"/v1/mumt_query/all/{t}/{t}", form={"ids": "0,1", "things": "points,steps"})
+        self.assertEqual(answer["data"]["1"], {"_atids": [1, 2, 3], "points": 3, "steps": 0})
 
 
 class OpenAPITests(QueryTestCase):

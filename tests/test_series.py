@@ -5,13 +5,14 @@ from __future__ import annotations
 import calendar
 import random
 from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from psd.buckets import point_fields
 from psd.errors import InvalidInput
 from psd.series import plan_series, step_buckets, sum_series, time_zone
+from tests.wallclock import model_buckets, offset_changes
 
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -126,3 +127,60 @@ class PlanTests(SynchronousTestCase):
                 self.assertNotEqual(datetime.fromtimestamp(bucket.end + 1, zone).date(), first.date())
                 self.assertEqual(datetime.fromtimestamp(bucket.end, zone).date(), first.date())
         self.assertEqual(datetime.fromtimestamp(0, timezone.utc).year, 1970)
+
+
+class WallClockModelTests(SynchronousTestCase):
+    """Step buckets against a brute-force scan of the seconds (tests.wallclock), around offset changes
+    that are not whole hours as well as ordinary ones, at every step."""
+
+    #: zone -> a year holding offset changes of interest
+    ZONES = {"Australia/Lord_Howe": 2016, "Pacific/Chatham": 2016, "Asia/Kathmandu": 1985, "America/Caracas": 2007,
+             "Asia/Pyongyang": 2015, "Africa/Monrovia": 1972, "Europe/Berlin": 2016, "America/St_Johns": 2016,
+             "Australia/Adelaide": 2016, "America/Havana": 2016, "Asia/Tehran": 2016, "Europe/Amsterdam": 1937}
+    #: step -> how far either side of a change the series runs
+    REACH = {"second": 600, "minute": 3600, "hour": 4 * 3600, "day": 3 * 86400, "month": 70 * 86400,
+             "year": 400 * 86400}
+
+    def check_around(self, zone: ZoneInfo, change: int, rng: random.Random):
+        for step, reach in self.REACH.items():
+            start = change - reach + rng.randrange(-90, 90)
+            end = change + reach + rng.randrange(-90, 90)
+            got = [(b.start, b.end) for b in step_buckets(start, end, step, zone, max_buckets=10 ** 6)]
+            self.assertEqual(got, model_buckets(start, end, step, zone), (zone.key, change, step, start, end))
+
+    def changes_in(self, zone: ZoneInfo, year: int) -> list[int]:
+        return offset_changes(zone, utc(year, 1, 1), utc(year + 1, 1, 1))
+
+    def test_named_zones_match_the_model(self):
+        rng = random.Random(18)
+        for name, year in self.ZONES.items():
+            zone = ZoneInfo(name)
+            changes = self.changes_in(zone, year)
+            self.assertTrue(changes, name)
+            for change in changes:
+                self.check_around(zone, change, rng)
+
+    def test_random_zones_match_the_model(self):
+        rng = random.Random(2026)
+        for name in rng.sample(sorted(available_timezones()), 25):
+            zone = ZoneInfo(name)
+            year = rng.randrange(1900, 2030)
+            changes = self.changes_in(zone, year)[:1] or [utc(year, 1, 1) + rng.randrange(365 * 86400)]
+            self.check_around(zone, changes[0], rng)
+
+    def test_lord_howe_dst_start_hours(self):
+        """01:59:59+10:30 -> 02:30+11:00: the hour before is a whole hour, the one after is 30 minutes."""
+        zone = ZoneInfo("Australia/Lord_Howe")
+        change = utc(2016, 10, 1, 15, 30)
+        points = {change - 20 * 60: 1, change + 10 * 60: 10}  # 01:40+10:30 and 02:40+11:00 local
+        plan = plan_series(change - 3600, change + 1799, "hour", zone)
+        self.assertEqual([(b.start, b.end) for b in plan.buckets], [(change - 3600, change - 1), (change, change + 1799)])
+        self.assertEqual(sum_series(plan, fetched_from(points)), [1, 10])
+
+    def test_range_inside_a_short_hour_is_one_bucket(self):
+        """The issue's 500: a bucket whose start came after its end."""
+        buckets = step_buckets(1428159597, 1428163199, "hour", ZoneInfo("Australia/Lord_Howe"))
+        self.assertEqual(buckets[0].start, 1428159597)
+        self.assertTrue(all(b.start <= b.end for b in buckets))
+        self.assertEqual([(b.start, b.end) for b in buckets], model_buckets(1428159597, 1428163199, "hour",
+                                                                         ZoneInfo("Australia/Lord_Howe")))
