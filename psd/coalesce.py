@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from itertools import chain
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import msgpack
 
@@ -28,6 +28,18 @@ US_PER_HASH = 1.5
 US_PER_KEY = 3.5
 
 
+class TotalsHistory(NamedTuple):
+    """The bound of each activity's set-total history (``[writer] set_total_history/_ttl``)."""
+
+    cap: int = 1000  # points kept per activity; the oldest go first
+    ttl: int = 30 * 86400  # seconds after the activity's last update; 0: kept for ever
+
+
+#: a set-total writes its difference at its second and takes it back at the next kept point,
+#: each under its activity type and 0: 2 x 2 x 5 increments at most
+TOTAL_INCREMENTS = 20
+
+
 class Batch:
     """Units merged so far, and what the write script needs to apply them.
 
@@ -37,9 +49,11 @@ class Batch:
     once per batch in :meth:`script_args`.
     """
 
-    def __init__(self, layout: Layout, dedupe_ttl: int, day_names: Optional[dict] = None):
+    def __init__(self, layout: Layout, dedupe_ttl: int, day_names: Optional[dict] = None,
+                 history: Optional["TotalsHistory"] = None):
         self.layout = layout
         self.dedupe_ttl = dedupe_ttl
+        self.history = history or TotalsHistory()
         self.units: list[WriteUnit] = []
         self.points = 0
         self._day_names = day_names if day_names is not None else {}
@@ -100,7 +114,7 @@ class Batch:
         coarser ones (three per distinct hour); doubled for the copy under atid 0.
         """
         fields = len(self._seconds) + len(self._minutes) + 3 * len(self._hours)
-        return 2 * fields + 10 * len(self._totals) + 5 * len(self._counts)
+        return 2 * fields + TOTAL_INCREMENTS * len(self._totals) + 5 * len(self._counts)
 
     def cost_terms(self) -> tuple[int, int, int]:
         """(increments, hashes touched, idempotency keys) of this batch's call: bounds, as above.
@@ -108,7 +122,8 @@ class Batch:
         A series' hashes are its distinct minutes plus, per distinct hour, the
         hour, day, month and year hashes (at most).
         """
-        hashes = 2 * (len(self._minutes) + 4 * len(self._hours)) + 10 * len(self._totals) + 5 * len(self._counts)
+        hashes = (2 * (len(self._minutes) + 4 * len(self._hours)) + TOTAL_INCREMENTS * len(self._totals)
+                  + 5 * len(self._counts))
         return self.increments_estimate(), hashes, len(self.keyed_parts)
 
     def cost_us(self) -> float:
@@ -155,13 +170,10 @@ class Batch:
 
         totals_args = []
         for point in self._totals:
-            targets = []
-            for atid in _written_atids(point.atid):
-                series = (point.uid, atid, point.metric)
-                targets.append(indexes.get(series) or index_of(series, layout.hash_prefix(*series)))
-            second = _second_name(self._day_names, point.ts)
             totals_args.append([layout.totals_key(point.uid, point.metric), str(point.aid), point.total,
-                                targets, second])
+                                layout.series_head(point.uid), layout.series_tail(point.metric), str(point.atid),
+                                _second_name(self._day_names, point.ts),
+                                layout.history_key(point.uid, point.metric, point.aid), point.ts])
         members = []
         for uid, atid in sorted(self._atids):
             members += (layout.atids_key(uid), str(atid))
@@ -172,7 +184,8 @@ class Batch:
             seen_keys.append(layout.seen_key(part.dedupe_key))
             if part.digest is not None:
                 digests[position] = part.digest
-        argv = msgpack.packb([self.dedupe_ttl, prefixes, hashes, totals_args, members])
+        argv = msgpack.packb([self.dedupe_ttl, prefixes, hashes, totals_args, members,
+                              self.history.cap, self.history.ttl])
         return seen_keys, ([argv, msgpack.packb(digests)] if digests else [argv])
 
 

@@ -48,6 +48,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "max_queue_points": (int, 200000, lambda v: v >= 1),
         "max_in_flight": (int, 2, lambda v: v >= 1),
         "dedupe_ttl": (int, 86400, lambda v: v >= 1),
+        "set_total_history": (int, 1000, lambda v: 1 <= v <= 100000),
+        "set_total_ttl": (int, 30 * 86400, lambda v: v >= 0),
     },
     "nsq": {
         "nsqd_tcp_addresses": (list, [], lambda v: all(isinstance(a, str) and host_port(a) for a in v)),

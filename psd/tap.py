@@ -19,6 +19,7 @@ from psd.access import Tokens
 from psd.api import API
 from psd.embedded import EmbeddedRedis, data_dir_holder, find_server_binary
 from psd.embedded import socket_path as embedded_socket_path
+from psd.coalesce import TotalsHistory
 from psd.keys import Layout
 from psd.nsq import security as nsq_security
 from psd.nsq.consumer import NSQConsumer
@@ -299,7 +300,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     writer = Writer(reactor, store, layout, dedupe_ttl=w["dedupe_ttl"], window=w["window_ms"] / 1000.0,
                     max_batch_points=w["max_batch_points"], max_script_increments=w["max_script_increments"],
                     max_queue_points=w["max_queue_points"], max_in_flight=w["max_in_flight"],
-                    max_script_ms=w["max_script_ms"])
+                    max_script_ms=w["max_script_ms"],
+                    history=TotalsHistory(w["set_total_history"], w["set_total_ttl"]))
     WriterService(writer).setServiceParent(root)
     reader = Reader(store, layout, settings.query["max_reads_per_call"], settings.query["max_reads_per_request"])
 

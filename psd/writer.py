@@ -18,7 +18,7 @@ from collections import deque
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from psd.coalesce import Batch
+from psd.coalesce import Batch, TotalsHistory
 from psd.errors import IdempotencyConflict, InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.keys import Layout
 from psd.model import UnitResult, WriteUnit
@@ -30,11 +30,13 @@ class Writer:
 
     def __init__(self, reactor, store, layout: Layout, dedupe_ttl: int = 86400, window: float = 0.005,
                  max_batch_points: int = 5000, max_script_increments: int = 2000,
-                 max_queue_points: int = 200000, max_in_flight: int = 2, max_script_ms: float = 20.0):
+                 max_queue_points: int = 200000, max_in_flight: int = 2, max_script_ms: float = 20.0,
+                 history: TotalsHistory = TotalsHistory()):
         self._reactor = reactor
         self._store = store
         self._layout = layout
         self._dedupe_ttl = dedupe_ttl
+        self._history = history
         self._window = window
         self._max_batch_points = max_batch_points
         self._max_script_increments = max_script_increments
@@ -136,7 +138,7 @@ class Writer:
         return d
 
     def _new_batch(self) -> Batch:
-        return Batch(self._layout, self._dedupe_ttl, self._day_names)
+        return Batch(self._layout, self._dedupe_ttl, self._day_names, self._history)
 
     def _window_elapsed(self) -> None:
         self._timer = None

@@ -55,13 +55,14 @@ class CoalesceTests(SynchronousTestCase):
         keys, args = call(WriteUnit((Part(None, (Point(1, 0, "points", 2**53, TS), Point(1, 0, "points", 2**53, TS))),)))
         self.assertEqual(increments(args)[("hz:1:0:points:2016", "201603")], str(2**54))
 
-    def test_set_total_names_its_targets(self):
+    def test_set_total_names_its_history_and_series(self):
         keys, args = call(WriteUnit((Part(None, (Point(1, 2, "steps", 0, TS, aid=9, total=40),)),)))
-        ttl, prefixes, hashes, totals, members = args
-        [[total_key, aid, total, targets, second]] = totals
-        self.assertEqual((total_key, aid, total, second), ("hzt:1:steps", "9", 40, "20160315165645"))
-        self.assertEqual([prefixes[t - 1] for t in targets], ["hz:1:2:steps:", "hz:1:0:steps:"])
-        self.assertEqual(hashes, [])
+        ttl, prefixes, hashes, totals, members, cap, history_ttl = args
+        [[total_key, aid, total, head, tail, atid, second, history_key, ts]] = totals
+        self.assertEqual((total_key, aid, total, atid, second, history_key, ts),
+                         ("hzt:1:steps", "9", 40, "2", "20160315165645", "hzh:1:steps:9", TS))
+        self.assertEqual(head + atid + tail, Layout().hash_prefix(1, 2, "steps"))
+        self.assertEqual((hashes, cap, history_ttl), ([], 1000, 30 * 86400))
 
     def test_random_batches_equal_the_brute_force_fan_out(self):
         """Whatever merges, each (hash, field) gets the sum of the points under it, and nothing else."""

@@ -19,6 +19,11 @@ def hgetall(server: RedisServer, key: str) -> dict:
     return dict(zip(items[::2], items[1::2]))
 
 
+def last_totals(server: RedisServer, key: str) -> dict:
+    """aid -> newest total, from a totals hash (its other fields describe the history)."""
+    return {field: value for field, value in hgetall(server, key).items() if ":" not in field}
+
+
 def points_unit(*points: Point, key=None) -> WriteUnit:
     return WriteUnit((Part(key, tuple(points)),))
 
@@ -148,7 +153,7 @@ class StoreTests(StoreTestCase):
                                        SumRequest(1, 0, "steps", SEED_TS + 120, SEED_TS + 120),
                                        SumRequest(1, 0, "steps", 0, 2**33 - 1)])
         self.assertEqual(sums, [100, 0, 30, 139])
-        self.assertEqual(hgetall(self.server, "hzt:1:steps"), {"77": "130", "78": "9"})
+        self.assertEqual(last_totals(self.server, "hzt:1:steps"), {"77": "130", "78": "9"})
 
     @defer.inlineCallbacks
     def test_counts_and_atids(self):
@@ -180,7 +185,8 @@ class StoreTests(StoreTestCase):
         self.server.call("HSET", "hz:6:0:steps:2016", "201603", str(2**63 - 20))
         d = self.write(Point(6, 1, "steps", 0, SEED_TS + 5, aid=3, total=40), Point(5, 0, "steps", 2, SEED_TS))
         yield self.assertFailure(d, RejectedByStore)
-        self.assertEqual(hgetall(self.server, "hzt:6:steps"), {"3": "10"})
+        self.assertEqual(last_totals(self.server, "hzt:6:steps"), {"3": "10"})
+        self.assertEqual(self.server.call("ZCARD", "hzh:6:steps:3"), b":1\r\n")
         self.assertEqual(hgetall(self.server, "hz:6:1:steps:201603151656"), {"20160315165645": "10"})
         self.assertEqual(hgetall(self.server, "hz:6:1:steps:2016"), {"201603": "10"})
         self.assertEqual(self.server.call("EXISTS", "hz:5:0:steps:2016", "hza:5"), b":0\r\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def hashes(args: list) -> list[tuple[str, list]]:
     """[(hash key, [field, delta, ...]), ...] from the flat ``hashes`` argument, in order."""
-    ttl, prefixes, flat, totals, members = args
+    ttl, prefixes, flat, totals, members, *history = args
     found, i = [], 0
     while i < len(flat):
         prefix, bucket, count = flat[i:i + 3]
