@@ -125,6 +125,33 @@ class FastEncodingProtocol(txredisapi.RedisProtocol):
         parts[0] = b"*%d\r\n" % count
         return b"".join(parts)
 
+    def connectionLost(self, why) -> None:
+        """Let go of what was never sent when the connection goes.
+
+        A reply timeout aborts the connection with the commands Redis did not
+        take still in the transport (tens of MB for a large read); transport,
+        connector and protocol refer to each other, so without this the buffer
+        lives until a full garbage collection, which may be a long time.
+        """
+        drop_unsent(self.transport)
+        super().connectionLost(why)
+
+
+#: Where Twisted transports keep bytes not yet written: a TCP transport
+#: (``twisted.internet.abstract.FileDescriptor``) and a TLS layer above it.
+_UNSENT_BUFFERS = {"dataBuffer": bytes, "_tempDataBuffer": list, "_tempDataLen": int, "offset": int,
+                   "_appSendBuffer": list}
+
+
+def drop_unsent(transport) -> None:
+    """Empty the write buffers of ``transport`` and of the transports beneath it."""
+    seen = 0
+    while transport is not None and seen < 4:
+        for name, empty in _UNSENT_BUFFERS.items():
+            if name in getattr(transport, "__dict__", ()):
+                setattr(transport, name, empty())
+        transport, seen = getattr(transport, "transport", None), seen + 1
+
 
 class RedisStore:
     """Runs psd's scripts on Redis and turns Redis' errors into psd's."""

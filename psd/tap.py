@@ -178,18 +178,35 @@ class StartupObjectsFrozen(Service):
     Those objects live as long as the process, yet every full collection walked
     them all, and fewer, larger young collections do the rest.  Measured on
     single-point writes at 32 connections: p99 38 -> 14 ms, CPU per request -15%.
+
+    With these thresholds a full collection almost never happens by itself, so
+    cyclic garbage (a failed request's frames and the keys they hold, a dropped
+    Redis connection) would stay for good: one runs every ``collect_every``
+    seconds on the reactor, between requests.
     """
 
     YOUNG_THRESHOLD = 10000  # objects allocated between young collections (CPython's default: 700)
+    COLLECT_EVERY = 2.0  # seconds; a full collection without the frozen objects takes ~1-20 ms
+
+    def __init__(self, reactor, collect_every: float = COLLECT_EVERY, collect=gc.collect):
+        self._reactor = reactor
+        self._collect_every = collect_every
+        self._collect = collect
+        self._loop = None
 
     def startService(self) -> None:
         super().startService()
         self._thresholds = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(self.YOUNG_THRESHOLD, 20, 20)
+        self._loop = task.LoopingCall(self._collect)
+        self._loop.clock = self._reactor
+        self._loop.start(self._collect_every, now=False)
 
     def stopService(self) -> None:
         super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
         gc.set_threshold(*self._thresholds)
         gc.unfreeze()
 
@@ -226,7 +243,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     settings = options.settings
     root = StopInOrder()
-    frozen = StartupObjectsFrozen()
+    frozen = StartupObjectsFrozen(reactor)
     frozen.setName("gc")
     frozen.setServiceParent(root)
 
