@@ -69,7 +69,7 @@ class Options(usage.Options):
             if settings.redis["url"] == "embedded":
                 settings.set("embedded", "binary", find_server_binary(settings.embedded["binary"]))
             else:
-                RedisAddress(settings.redis["url"])
+                redis_address(settings.redis, settings.redis["url"])
             self.write_token = _write_token(settings.http)
             if self["workers"] < 1:
                 raise ValueError("--workers must be at least 1")
@@ -110,14 +110,29 @@ def _write_token(http: dict) -> str:
         raise config.SettingsError("settings: [http] token and token_file exclude each other")
     if not http["token_file"]:
         return http["token"]
+    return _secret_file("http", "token_file", http["token_file"])
+
+
+def _secret_file(section: str, name: str, path: str) -> str:
+    """The first line of the file that a secret setting names (the secret stays out of the config)."""
     try:
-        with open(http["token_file"]) as f:
-            token = f.readline().strip()
+        with open(path) as f:
+            secret = f.readline().strip()
     except OSError as e:
-        raise config.SettingsError(f"settings: [http] token_file: cannot read it: {e.strerror}") from None
-    if not token:
-        raise config.SettingsError("settings: [http] token_file is empty")
-    return token
+        raise config.SettingsError(f"settings: [{section}] {name}: cannot read it: {e.strerror}") from None
+    if not secret:
+        raise config.SettingsError(f"settings: [{section}] {name} is empty")
+    return secret
+
+
+def redis_address(redis: dict, url: str) -> RedisAddress:
+    """``url`` with the [redis] credentials and TLS settings (files read now: errors stop startup)."""
+    password = _secret_file("redis", "password_file", redis["password_file"]) if redis["password_file"] else None
+    try:
+        return RedisAddress(url, password, tls_ca_file=redis["tls_ca_file"], tls_cert_file=redis["tls_cert_file"],
+                            tls_key_file=redis["tls_key_file"], tls_server_name=redis["tls_server_name"])
+    except ValueError as e:
+        raise config.SettingsError(f"settings: {e}") from None
 
 
 class StoreService(Service):
@@ -255,7 +270,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
         embedded = EmbeddedRedis(reactor, settings.embedded["data_dir"], settings.embedded["binary"])
         embedded.setServiceParent(root)
         redis_url = embedded.url
-    store = RedisStore(RedisAddress(redis_url), reply_timeout=settings.redis["reply_timeout"])
+    address = RedisAddress(redis_url) if redis_url != settings.redis["url"] else redis_address(settings.redis, redis_url)
+    store = RedisStore(address, reply_timeout=settings.redis["reply_timeout"])
     StoreService(reactor, store).setServiceParent(root)
 
     layout = Layout(settings.redis["prefix"], settings.redis["count_prefix"])
