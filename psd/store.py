@@ -200,7 +200,7 @@ class FastEncodingProtocol(txredisapi.RedisProtocol):
         """
         drop_unsent(self.transport)
         if why.check(SSL.Error, VerificationError):
-            self._report(f"TLS: cannot verify the Redis server: {_tls_reason(why.value)}")
+            self._report(f"TLS with the Redis server failed: {_tls_reason(why.value)}")
         super().connectionLost(why)
 
     def auth(self, password, username=None):

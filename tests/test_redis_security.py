@@ -104,8 +104,12 @@ class TLSTests(TestCase):
 
     @defer.inlineCallbacks
     def test_writes_and_reads_through_tls_with_a_client_certificate(self):
-        address = self.address(tls_cert_file=self.tls.client_cert, tls_key_file=self.tls.client_key)
-        store = yield started_store(self, self.server, address=address)
+        """Against a Redis that requires client certificates (tls-auth-clients yes)."""
+        server = RedisServer(self, tls=self.tls, client_certificates=True)
+        yield server.start()
+        address = redis_address(redis_settings(tls_ca_file=self.tls.ca, tls_cert_file=self.tls.client_cert,
+                                               tls_key_file=self.tls.client_key), server.url)
+        store = yield started_store(self, server, address=address)
         yield write_and_read(self, store)
         self.assertEqual(self.errors, [])
 
@@ -119,7 +123,7 @@ class TLSTests(TestCase):
         yield task.deferLater(reactor, 2.5, lambda: None)  # a reconnection or two later: still one line
         self.assertFalse(store.connected())
         self.assertEqual(len(self.errors), 1, self.errors)
-        self.assertIn("TLS: cannot verify the Redis server", self.errors[0])
+        self.assertIn("TLS with the Redis server failed", self.errors[0])
         self.assertIn(reason, self.errors[0])
         print(f"\n[refused] {self.errors[0]}")
 
