@@ -12,14 +12,15 @@ import time
 
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from psd import config
+from psd.keys import Layout
 from psd.model import Point
 from psd.reader import Reader, SumRequest
-from psd.keys import Layout
 from psd.store import RedisAddress, RedisStore
-from psd.tap import redis_address
+from psd.tap import Options, redis_address
 from psd.writer import Writer
 from tests.psdfixture import started_psd
 from tests.redisfixture import RedisServer, started_store
@@ -87,6 +88,18 @@ class RedisAddressTests(SynchronousTestCase):
             e = self.assertRaises(config.SettingsError, redis_address, settings, url)
             self.assertIn(fragment, str(e))
             self.assertNotIn(SECRET, str(e))
+
+
+    def test_the_redis_option_takes_the_same_urls_and_checks_them_at_startup(self):
+        missing = self.mktemp()
+        settings = self.mktemp()
+        with open(settings, "w") as f:
+            f.write(f'[redis]\ntls_ca_file = "{missing}"\n')
+        options = Options()
+        e = self.assertRaises(usage.UsageError, options.parseOptions,
+                              ["--redis", f"rediss://psd:{SECRET}@127.0.0.1:6380/0", "--config", settings])
+        self.assertIn("[redis] tls_ca_file", str(e))
+        self.assertNotIn(SECRET, str(e))
 
 
 class TLSTests(TestCase):
