@@ -104,7 +104,7 @@ async def run_variant(reactor, http, workdir: str, messages: int, per_message: i
             channel = stats["topics"][0]["channels"][0]
             return not (channel["depth"] or channel["in_flight_count"] or channel["deferred_count"])
 
-        frozen = StartupObjectsFrozen()  # as in twistd psd
+        frozen = StartupObjectsFrozen(reactor)  # as in twistd psd
         frozen.startService()
         started, cpu = time.monotonic(), time.process_time()
         consumer.startService()

@@ -32,6 +32,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "prefix": (str, "hz", lambda v: v and "{" not in v and "}" not in v),
         "count_prefix": (str, "c", lambda v: v and "{" not in v and "}" not in v),
         "reply_timeout": (float, 5.0, lambda v: v > 0),
+        "password_file": (str, "", None),
+        "tls_ca_file": (str, "", None),
+        "tls_cert_file": (str, "", None),
+        "tls_key_file": (str, "", None),
+        "tls_server_name": (str, "", None),
     },
     "embedded": {
         "data_dir": (str, "var/psd", lambda v: bool(v)),

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import urlparse
+from typing import Any, NamedTuple, Optional
+from urllib.parse import unquote, urlparse
 
 import txredisapi
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from psd.errors import InvalidInput, RejectedByStore, StoreUnavailable
 
@@ -40,12 +43,20 @@ class Script:
 
 
 class RedisAddress:
-    """Where Redis is: ``redis://host:port/db`` or ``unix:///path.sock[?db=N]``."""
+    """Where Redis is and how to log in: ``redis[s]://[user:password@]host:port/db`` or ``unix:///path.sock[?db=N]``.
 
-    def __init__(self, url: str):
+    ``rediss://`` speaks TLS and checks the server's certificate against
+    ``tls_ca_file`` (else the system's CAs) and ``tls_server_name`` (else the
+    host); ``tls_cert_file``/``tls_key_file`` give a client certificate.
+    ``password`` (e.g. read from ``[redis] password_file``) overrides the URL's.
+    ``url`` is the address without the password, for logs.
+    """
+
+    def __init__(self, url: str, password: Optional[str] = None, tls_ca_file: str = "", tls_cert_file: str = "",
+                 tls_key_file: str = "", tls_server_name: str = ""):
         parsed = urlparse(url)
-        self.url = url
-        if parsed.scheme == "redis":
+        self.tls = None
+        if parsed.scheme in ("redis", "rediss"):
             self.host = parsed.hostname or "127.0.0.1"
             self.port = parsed.port or 6379
             self.path = None
@@ -55,23 +66,77 @@ class RedisAddress:
             self.path = parsed.path
             db = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p).get("db", "0")
         else:
-            raise ValueError(f"redis url {url!r} must be redis://host:port/db, unix:///path.sock or embedded")
+            raise ValueError(f"redis url {_redacted(url)!r} must be redis://host:port/db, rediss://host:port/db, "
+                             "unix:///path.sock or embedded")
         if not db.isdigit():
-            raise ValueError(f"redis url {url!r}: the database must be a number")
+            raise ValueError(f"redis url {_redacted(url)!r}: the database must be a number")
         self.db = int(db)
-        self.password = parsed.password
+        self.username = unquote(parsed.username) if parsed.username else None
+        self.password = password if password is not None else (
+            unquote(parsed.password) if parsed.password is not None else None)
+        if self.username and self.password is None:
+            raise ValueError(f"redis url {_redacted(url)!r}: user {self.username!r} needs a password "
+                             "(in the url or [redis] password_file)")
+        self.url = _redacted(url)
+        if parsed.scheme == "rediss":
+            self.tls = client_tls(tls_server_name or self.host, tls_ca_file, tls_cert_file, tls_key_file)
+        elif tls_ca_file or tls_cert_file or tls_key_file or tls_server_name:
+            raise ValueError(f"[redis] tls_* settings need a rediss:// url, not {self.url!r}")
 
-    def connect(self, poolsize: int, reply_timeout: float, connect_timeout: float):
+    def connect(self, poolsize: int, reply_timeout: float, connect_timeout: float, on_failure=None):
+        """A lazy pool; ``on_failure(message)`` hears of refused certificates and credentials."""
         # dbid None for db 0: no SELECT on connect, one less step that can time out (see RedisStore._pool)
         options = dict(dbid=self.db or None, poolsize=poolsize, password=self.password, replyTimeout=reply_timeout,
-                       connectTimeout=connect_timeout, convertNumbers=False)
+                       connectTimeout=connect_timeout, convertNumbers=False, username=self.username)
         if self.path:
             pool = txredisapi.lazyUnixConnectionPool(self.path, **options)
         else:
-            pool = txredisapi.lazyConnectionPool(self.host, self.port, **options)
+            pool = txredisapi.lazyConnectionPool(self.host, self.port, ssl_context_factory=self.tls or False, **options)
         pool._factory.protocol = FastEncodingProtocol  # before the reactor runs the connection attempts
         pool._factory.maxDelay = RECONNECT_MAX_DELAY
+        pool._factory.psd_on_failure = on_failure
+        if pool._factory.deferred is not None:  # a lazy pool's "first connection" Deferred, which no one awaits:
+            pool._factory.deferred.addErrback(lambda failure: None)  # its AUTH failure is reported by on_failure
         return pool
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to log."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
+def _read_file(setting: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"[redis] {setting} {path!r}: cannot read it: {e.strerror}") from None
+
+
+def client_tls(server_name: str, ca_file: str = "", cert_file: str = "", key_file: str = ""):
+    """TLS client options that verify the server as ``server_name`` (files read now: errors at startup)."""
+    from twisted.internet import ssl
+
+    trust = None
+    if ca_file:
+        pem = _read_file("tls_ca_file", ca_file)
+        try:
+            trust = ssl.Certificate.loadPEM(pem)
+        except Exception as e:
+            raise ValueError(f"[redis] tls_ca_file {ca_file!r} is not a PEM certificate: {e}") from None
+    client = None
+    if cert_file or key_file:
+        if not cert_file:
+            raise ValueError("[redis] tls_key_file needs tls_cert_file")
+        pem = _read_file("tls_cert_file", cert_file) + b"\n" + (_read_file("tls_key_file", key_file) if key_file else b"")
+        try:
+            client = ssl.PrivateCertificate.loadPEM(pem)
+        except Exception as e:
+            raise ValueError(f"[redis] tls_cert_file/tls_key_file: not a PEM certificate and key: {e}") from None
+    return ssl.optionsForClientTLS(server_name, trustRoot=trust, clientCertificate=client)
 
 
 #: Longest wait between reconnection attempts (txredisapi's default is 10 s: a restarted
@@ -125,6 +190,52 @@ class FastEncodingProtocol(txredisapi.RedisProtocol):
         parts[0] = b"*%d\r\n" % count
         return b"".join(parts)
 
+    def connectionLost(self, why) -> None:
+        """Let go of what was never sent when the connection goes.
+
+        A reply timeout aborts the connection with the commands Redis did not
+        take still in the transport (tens of MB for a large read); transport,
+        connector and protocol refer to each other, so without this the buffer
+        lives until a full garbage collection, which may be a long time.
+        """
+        drop_unsent(self.transport)
+        if why.check(SSL.Error, VerificationError):
+            self._report(f"TLS with the Redis server failed: {_tls_reason(why.value)}")
+        super().connectionLost(why)
+
+    def auth(self, password, username=None):
+        """AUTH, with a refusal reported (the password itself is never logged)."""
+
+        def refused(reply):
+            error = reply.value if isinstance(reply, Failure) else reply
+            if isinstance(error, txredisapi.ResponseError):
+                user = f"user {username!r}" if username else "the default user"
+                self._report(f"Redis refused the credentials of {user}: {error}")
+            return reply
+
+        return super().auth(password, username).addBoth(refused)
+
+    def _report(self, message: str) -> None:
+        on_failure = getattr(self.factory, "psd_on_failure", None)
+        if on_failure is not None:
+            on_failure(message)
+
+
+#: Where Twisted transports keep bytes not yet written: a TCP transport
+#: (``twisted.internet.abstract.FileDescriptor``) and a TLS layer above it.
+_UNSENT_BUFFERS = {"dataBuffer": bytes, "_tempDataBuffer": list, "_tempDataLen": int, "offset": int,
+                   "_appSendBuffer": list}
+
+
+def drop_unsent(transport) -> None:
+    """Empty the write buffers of ``transport`` and of the transports beneath it."""
+    seen = 0
+    while transport is not None and seen < 4:
+        for name, empty in _UNSENT_BUFFERS.items():
+            if name in getattr(transport, "__dict__", ()):
+                setattr(transport, name, empty())
+        transport, seen = getattr(transport, "transport", None), seen + 1
+
 
 class RedisStore:
     """Runs psd's scripts on Redis and turns Redis' errors into psd's."""
@@ -140,13 +251,20 @@ class RedisStore:
         self.members_script = Script("members")
         self.scripts = (self.write_script, self.read_script, self.members_script)
         self._pools: dict = {}
+        self._last_refusal = None
 
     def start(self) -> None:
         self._pools = {"write": self._connect("write"), "read": self._connect("read")}
 
     def _connect(self, role: str):
         size = 1 if role == "write" else self._read_pool
-        return self.address.connect(size, self._reply_timeout, self._reply_timeout)
+        return self.address.connect(size, self._reply_timeout, self._reply_timeout, self._connection_refused)
+
+    def _connection_refused(self, message: str) -> None:
+        """One error line per reason (a pool retries every few seconds), again once it changed."""
+        if message != self._last_refusal:
+            self._last_refusal = message
+            self.log.error("{reason} ({url})", reason=message, url=self.address.url)
 
     def _pool(self, role: str):
         """The pool for ``role``, replaced if txredisapi gave up on it.
@@ -243,6 +361,18 @@ def _translate(error: Exception) -> Exception:
             return StoreUnavailable(f"Redis: {message}")
         return RejectedByStore(message)
     return StoreUnavailable(f"Redis: {error.__class__.__name__}: {error}")
+
+
+def _tls_reason(error: Exception) -> str:
+    """OpenSSL's error list or service_identity's mismatch as one short phrase."""
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        return "; ".join(str(entry[-1]) for entry in error.args[0] if entry) or str(error)
+    if isinstance(error, VerificationError):
+        names = [getattr(e, "mismatched_id", e) for e in error.errors]
+        names = [getattr(n, "hostname", getattr(n, "ip", n)) for n in names]
+        return "its certificate is not for " + ", ".join(
+            n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    return str(error)
 
 
 def parse_sums(reply) -> list[int]:

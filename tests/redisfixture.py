@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -35,18 +36,36 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, testcase, *extra_args: str, appendonly: bool = False):
+    """``tls`` (a tests.tlsfixture.TLSFiles): TLS only, on ``port`` (``--port 0``); client
+    certificates are asked for, required when ``client_certificates`` is true."""
+
+    def __init__(self, testcase, *extra_args: str, appendonly: bool = False, tls=None,
+                 client_certificates: bool = False):
         self.dir = testcase.mktemp()
         os.makedirs(self.dir)
         self.port = free_port()
-        self.args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+        self.tls = tls
+        listen = ["--port", str(self.port)]
+        if tls is not None:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls.server_cert,
+                      "--tls-key-file", tls.server_key, "--tls-ca-cert-file", tls.ca,
+                      "--tls-auth-clients", "yes" if client_certificates else "optional"]
+        self.args = [redis_binary(), *listen, "--bind", "127.0.0.1", "--dir", self.dir,
                      "--save", "", "--appendonly", "yes" if appendonly else "no", *extra_args]
         self.process = None
         testcase.addCleanup(self.stop)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _socket(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        if self.tls is None:
+            return s
+        context = ssl.create_default_context(cafile=self.tls.ca)
+        context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        return context.wrap_socket(s, server_hostname="127.0.0.1")
 
     def start(self) -> defer.Deferred:
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -65,7 +84,7 @@ class RedisServer:
         command = b"*%d\r\n" % len(args) + b"".join(
             b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() if isinstance(x, str) else x for x in args))
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            with self._socket() as s:
                 s.sendall(command)
                 return s.recv(1 << 20)
         except OSError:
@@ -86,9 +105,9 @@ class RedisServer:
 
 
 @defer.inlineCallbacks
-def started_store(testcase, server: RedisServer, reply_timeout: float = 5.0):
-    """A RedisStore connected to ``server`` with its scripts loaded."""
-    store = RedisStore(RedisAddress(server.url), reply_timeout=reply_timeout)
+def started_store(testcase, server: RedisServer, reply_timeout: float = 5.0, address: RedisAddress = None):
+    """A RedisStore connected to ``server`` (at ``address`` if given) with its scripts loaded."""
+    store = RedisStore(address or RedisAddress(server.url), reply_timeout=reply_timeout)
     store.start()
     testcase.addCleanup(store.stop)
     deadline = time.monotonic() + 10

@@ -6,6 +6,10 @@ import txredisapi
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from psd.store import FastEncodingProtocol
@@ -33,3 +37,17 @@ class ConnectedStoreTests(TestCase):
         connections = [c for pool in store._pools.values() for c in pool._factory.pool]
         self.assertEqual({type(c) for c in connections}, {FastEncodingProtocol})
         self.assertEqual(len(connections), 3)
+
+
+class UnsentCommandsTests(SynchronousTestCase):
+    def test_unsent_commands_are_released_when_the_connection_is_lost(self):
+        """A reply timeout aborts a connection with a large read unsent: the transport must not keep it."""
+        transport = FileDescriptor(reactor=MemoryReactor())
+        transport.connected = True
+        protocol = FastEncodingProtocol()
+        protocol.makeConnection(transport)
+        reply = protocol.execute_command("EVALSHA", "k" * 1_000_000, 0)
+        self.assertGreater(transport._tempDataLen, 1_000_000)
+        protocol.connectionLost(Failure(ConnectionAborted()))
+        self.failureResultOf(reply, txredisapi.ConnectionError)
+        self.assertEqual((transport._tempDataLen, transport._tempDataBuffer, transport.dataBuffer), (0, [], b""))

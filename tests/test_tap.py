@@ -7,6 +7,7 @@ import io
 import os
 from contextlib import redirect_stdout
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -149,7 +150,7 @@ class MakeServiceTests(SynchronousTestCase):
             self.assertIn(fragment, str(e))
 
     def test_startup_objects_are_kept_out_of_collections_while_running(self):
-        service = StartupObjectsFrozen()
+        service = StartupObjectsFrozen(Clock())
         before = gc.get_threshold()
         service.startService()
         try:
@@ -158,6 +159,24 @@ class MakeServiceTests(SynchronousTestCase):
         finally:
             service.stopService()
         self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, before))
+
+    def test_full_collections_run_on_the_clock_while_running(self):
+        """The tuning stops full collections happening by themselves: one runs every collect_every seconds."""
+        clock, collections = Clock(), []
+        service = StartupObjectsFrozen(clock, collect_every=10.0, collect=lambda: collections.append(clock.seconds()))
+        service.startService()
+        try:
+            clock.advance(5)
+            self.assertEqual(collections, [])
+            for _ in range(3):
+                clock.advance(5)
+                clock.advance(5)
+            self.assertEqual(collections, [10.0, 20.0, 30.0])
+        finally:
+            service.stopService()
+        clock.advance(100)
+        self.assertEqual(collections, [10.0, 20.0, 30.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_plugin_is_found(self):
         from twisted.plugin import IPlugin, getPlugins
