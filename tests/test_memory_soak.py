@@ -35,7 +35,8 @@ class TimedOutReadsTests(TestCase):
         os.makedirs(workdir)
         settings = os.path.join(workdir, "settings.toml")
         with open(settings, "w") as f:
-            f.write(f"[redis]\nreply_timeout = {REPLY_TIMEOUT}\n")
+            # a read big enough to time out: above the default read budget
+            f.write(f"[redis]\nreply_timeout = {REPLY_TIMEOUT}\n[query]\nmax_reads_per_request = 1000000\n")
         self.psd = PsdProcess(self, workdir, free_port(), "--redis", self.server.url, "--config", settings)
         self.psd.start()
 
