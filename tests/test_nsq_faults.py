@@ -127,3 +127,34 @@ class SlowWriteTests(NSQFaultTestCase):
         self.redis.kill(signal.SIGCONT)
         stats = yield self.check_oracle(points, "writes slower than msg_timeout")
         self.assertGreater(stats["timeout_count"], 0)
+
+
+class LateSetTotalTests(NSQFaultTestCase):
+    """An older total redelivered after a newer one went through: the sums are those in time order."""
+
+    def second_field(self, hash_key: str, field: str) -> bytes:
+        return self.redis.call("HGET", hash_key, field)
+
+    @defer.inlineCallbacks
+    def test_an_older_total_redelivered_after_a_newer_one(self):
+        older = {"command": "metric", "metric": {"thing": "steps", "uid": 1, "atid": 3, "aid": 55,
+                                                 "value": 4000, "ts1": TS, "ts2": TS}}
+        newer = {**older, "metric": {**older["metric"], "value": 4500, "ts2": TS + 120}}
+        self.psd.start()
+        # Redis down (killed, not stopped: a stopped Redis would still run the calls psd gave up on):
+        # the older total's deliveries fail and are requeued, each later than the one before
+        self.redis.kill(signal.SIGKILL)
+        yield self.publish([older])
+        while (yield self.processed()).get("requeue_count", 0) < 4:  # its next try is >= 8 s away
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        yield self.redis.start()
+        yield self.publish([newer])
+        at_older, at_newer = ("hz:1:3:steps:201603151656", "20160315165645"), ("hz:1:3:steps:201603151658",
+                                                                                 "20160315165845")
+        while self.second_field(*at_newer) == b"$-1\r\n":
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        # the newer total went first: it alone was applied, from 0
+        self.assertEqual((self.second_field(*at_older), self.second_field(*at_newer)), (b"$-1\r\n", b"$4\r\n4500\r\n"))
+        yield self.nsqd.wait_drained("psd", "psd", timeout=60)
+        self.assertEqual((self.second_field(*at_older), self.second_field(*at_newer)), (b"$4\r\n4000\r\n", b"$3\r\n500\r\n"))
+        self.assertEqual(self.redis.call("HGET", "hz:1:0:steps:2016", "201603"), b"$4\r\n4500\r\n")
