@@ -147,6 +147,15 @@ def _checked(section: str, name: str, value: Any) -> Any:
     return value
 
 
+def read_setting_file(section: str, setting: str, path: str) -> bytes:
+    """The contents of a file a setting names (a CA, a key, a secret): one line naming it if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise SettingsError(f"settings: [{section}] {setting} {path!r}: cannot read it: {e.strerror}") from None
+
+
 def example_path() -> Path:
     """``conf/settings.toml.dist``: installed as the package ``psd.conf``, in a checkout beside ``psd/``."""
     installed = Path(__file__).parent / "conf" / "settings.toml.dist"

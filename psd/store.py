@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from psd.config import read_setting_file
 from psd.errors import InvalidInput, RejectedByStore, StoreUnavailable
 
 def _lua_dir() -> Path:
@@ -108,21 +109,13 @@ def _redacted(url: str) -> str:
     return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
 
 
-def _read_file(setting: str, path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"[redis] {setting} {path!r}: cannot read it: {e.strerror}") from None
-
-
 def client_tls(server_name: str, ca_file: str = "", cert_file: str = "", key_file: str = ""):
     """TLS client options that verify the server as ``server_name`` (files read now: errors at startup)."""
     from twisted.internet import ssl
 
     trust = None
     if ca_file:
-        pem = _read_file("tls_ca_file", ca_file)
+        pem = read_setting_file("redis", "tls_ca_file", ca_file)
         try:
             trust = ssl.Certificate.loadPEM(pem)
         except Exception as e:
@@ -131,7 +124,8 @@ def client_tls(server_name: str, ca_file: str = "", cert_file: str = "", key_fil
     if cert_file or key_file:
         if not cert_file:
             raise ValueError("[redis] tls_key_file needs tls_cert_file")
-        pem = _read_file("tls_cert_file", cert_file) + b"\n" + (_read_file("tls_key_file", key_file) if key_file else b"")
+        key = read_setting_file("redis", "tls_key_file", key_file) if key_file else b""
+        pem = read_setting_file("redis", "tls_cert_file", cert_file) + b"\n" + key
         try:
             client = ssl.PrivateCertificate.loadPEM(pem)
         except Exception as e:

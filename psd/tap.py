@@ -184,6 +184,8 @@ def redis_address(redis: dict, url: str) -> RedisAddress:
     try:
         return RedisAddress(url, password, tls_ca_file=redis["tls_ca_file"], tls_cert_file=redis["tls_cert_file"],
                             tls_key_file=redis["tls_key_file"], tls_server_name=redis["tls_server_name"])
+    except config.SettingsError:
+        raise
     except ValueError as e:
         raise config.SettingsError(f"settings: {e}") from None
 

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
+from psd.config import read_setting_file
+
 
 class ClientTLS:
     """How to verify nsqd (trust root, expected name) and, optionally, prove who psd is."""
@@ -45,18 +47,10 @@ class ClientTLS:
         return f"the CA in {self.ca_file}" if self.ca_file else "the system's trusted CAs"
 
 
-def _read(path: str, setting: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"settings: [nsq] {setting} {path!r}: cannot read it: {e.strerror}") from None
-
-
 def _trust_root(ca_file: str):
     """Every certificate of a PEM bundle (ssl.Certificate.loadPEM would keep only the first)."""
     try:
-        certificates = x509.load_pem_x509_certificates(_read(ca_file, "tls_ca_file"))
+        certificates = x509.load_pem_x509_certificates(read_setting_file("nsq", "tls_ca_file", ca_file))
     except ValueError as e:
         raise ValueError(f"settings: [nsq] tls_ca_file {ca_file!r}: not PEM certificates ({e})") from None
     return ssl.trustRootFromCertificates(
@@ -64,8 +58,8 @@ def _trust_root(ca_file: str):
 
 
 def _client_certificate(cert_file: str, key_file: str) -> ssl.PrivateCertificate:
-    cert_pem = _read(cert_file, "tls_cert_file")
-    key_pem = _read(key_file, "tls_key_file")
+    cert_pem = read_setting_file("nsq", "tls_cert_file", cert_file)
+    key_pem = read_setting_file("nsq", "tls_key_file", key_file)
     try:
         # loadPEM also checks that the key is the certificate's
         return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
@@ -91,7 +85,7 @@ def auth_secret(nsq: dict) -> Optional[bytes]:
     if nsq["auth_secret"] and nsq["auth_secret_file"]:
         raise ValueError("settings: [nsq] auth_secret and auth_secret_file exclude each other")
     if nsq["auth_secret_file"]:
-        lines = _read(nsq["auth_secret_file"], "auth_secret_file").splitlines()
+        lines = read_setting_file("nsq", "auth_secret_file", nsq["auth_secret_file"]).splitlines()
         secret = lines[0].strip() if lines else b""
         if not secret:
             raise ValueError("settings: [nsq] auth_secret_file is empty")
