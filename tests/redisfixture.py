@@ -36,7 +36,7 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    """``tls`` (a tests.tlsfixture.TLSFiles): TLS only, on ``port`` (``--port 0``); client
+    """``tls`` (a tests.tlscerts.TLSFiles): TLS only, on ``port`` (``--port 0``); client
     certificates are asked for, required when ``client_certificates`` is true."""
 
     def __init__(self, testcase, *extra_args: str, appendonly: bool = False, tls=None,

@@ -25,7 +25,7 @@ from psd.writer import Writer
 from tests.psdfixture import started_psd
 from tests.redisfixture import RedisServer, started_store
 from tests.test_store import points_unit
-from tests.tlsfixture import make_ca
+from tests.tlscerts import make_ca
 
 SECRET = "s3cret-p@ss:word"
 TS = 1458061005

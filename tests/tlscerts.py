@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,3 +66,20 @@ class CertificateAuthority:
         key_file = _write(os.path.join(self.directory, f"{name}.key"), key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         return cert_file, key_file
+
+
+class TLSFiles(NamedTuple):
+    """PEM files: the CA, a server certificate for 127.0.0.1/localhost, a client certificate."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_ca(directory: str, name: str = "psd test CA") -> TLSFiles:
+    """A CA in ``directory`` and the two certificates a TLS server test needs, signed by it."""
+    ca = CertificateAuthority(directory, name)
+    return TLSFiles(ca.ca_file, *ca.issue("localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"]),
+                    *ca.issue("psd", client=True))
