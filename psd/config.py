@@ -14,14 +14,37 @@ from typing import Any, Optional
 from psd.cost import DEFAULT_MAX_READS
 from psd.validation import metric_names
 
+class Check:
+    """A setting's check and the words that say what it accepts (the error names the valid range)."""
+
+    def __init__(self, accepts, description: str):
+        self.accepts = accepts
+        self.description = description
+
+    def __call__(self, value) -> bool:
+        return bool(self.accepts(value))
+
+
+def between(low, high) -> Check:
+    return Check(lambda v: low <= v <= high, f"from {low} to {high}")
+
+
+def at_least(low) -> Check:
+    return Check(lambda v: v >= low, f"at least {low}")
+
+
+POSITIVE = Check(lambda v: v > 0, "more than 0")
+NOT_EMPTY = Check(bool, "not empty")
+KEY_PREFIX = Check(lambda v: v and "{" not in v and "}" not in v, "a non-empty string without { or }")
+
 #: section -> setting -> (type, default, check or None); the one list of settings.
 SCHEMA: dict[str, dict[str, tuple]] = {
     "http": {
         "listen": (str, "tcp:1155:interface=127.0.0.1", None),
-        "max_points": (int, 10000, lambda v: 1 <= v <= 100000),
-        "max_body_bytes": (int, 8 * 1024 * 1024, lambda v: v >= 1024),
-        "request_timeout": (float, 30.0, lambda v: v > 0),
-        "max_connections": (int, 4096, lambda v: v >= 1),
+        "max_points": (int, 10000, between(1, 100000)),
+        "max_body_bytes": (int, 8 * 1024 * 1024, at_least(1024)),
+        "request_timeout": (float, 30.0, POSITIVE),
+        "max_connections": (int, 4096, at_least(1)),
         "token": (str, "", None),
         "token_file": (str, "", None),
         "read_token": (str, "", None),
@@ -29,9 +52,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     },
     "redis": {
         "url": (str, "embedded", None),
-        "prefix": (str, "hz", lambda v: v and "{" not in v and "}" not in v),
-        "count_prefix": (str, "c", lambda v: v and "{" not in v and "}" not in v),
-        "reply_timeout": (float, 5.0, lambda v: v > 0),
+        "prefix": (str, "hz", KEY_PREFIX),
+        "count_prefix": (str, "c", KEY_PREFIX),
+        "reply_timeout": (float, 5.0, POSITIVE),
         "password_file": (str, "", None),
         "tls_ca_file": (str, "", None),
         "tls_cert_file": (str, "", None),
@@ -39,36 +62,39 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "tls_server_name": (str, "", None),
     },
     "embedded": {
-        "data_dir": (str, "var/psd", lambda v: bool(v)),
+        "data_dir": (str, "var/psd", NOT_EMPTY),
         "binary": (str, "", None),
     },
     "metrics": {
-        "names": (list, ["points", "steps", "distance", "calories"], lambda v: bool(v) and all(isinstance(n, str) for n in v)),
+        "names": (list, ["points", "steps", "distance", "calories"],
+                  Check(lambda v: bool(v) and all(isinstance(n, str) for n in v), "a non-empty list of names")),
     },
     "writer": {
-        "window_ms": (float, 5.0, lambda v: 0 <= v <= 1000),
-        "max_batch_points": (int, 5000, lambda v: v >= 1),
-        "max_script_increments": (int, 2000, lambda v: v >= 10),
-        "max_script_ms": (float, 20.0, lambda v: v > 0),
-        "max_queue_points": (int, 200000, lambda v: v >= 1),
-        "max_in_flight": (int, 2, lambda v: v >= 1),
-        "dedupe_ttl": (int, 86400, lambda v: v >= 1),
-        "set_total_history": (int, 1000, lambda v: 1 <= v <= 100000),
-        "set_total_ttl": (int, 30 * 86400, lambda v: v >= 0),
+        "window_ms": (float, 5.0, between(0, 1000)),
+        "max_batch_points": (int, 5000, at_least(1)),
+        "max_script_increments": (int, 2000, at_least(10)),
+        "max_script_ms": (float, 20.0, POSITIVE),
+        "max_queue_points": (int, 200000, at_least(1)),
+        "max_in_flight": (int, 2, at_least(1)),
+        "dedupe_ttl": (int, 86400, at_least(1)),
+        "set_total_history": (int, 1000, between(1, 100000)),
+        "set_total_ttl": (int, 30 * 86400, at_least(0)),
     },
     "nsq": {
-        "nsqd_tcp_addresses": (list, [], lambda v: all(isinstance(a, str) and host_port(a) for a in v)),
-        "lookupd_http_addresses": (list, [], lambda v: all(isinstance(a, str) and a and " " not in a for a in v)),
-        "topic": (str, "psd", lambda v: bool(v)),
-        "channel": (str, "psd", lambda v: bool(v)),
-        "max_in_flight": (int, 200, lambda v: 1 <= v <= 100000),
-        "max_attempts": (int, 20, lambda v: v >= 0),
-        "dead_letter_topic": (str, "psd_dead", lambda v: bool(v)),
-        "msg_timeout": (float, 60.0, lambda v: v >= 1),
-        "heartbeat_interval": (float, 30.0, lambda v: 1 <= v <= 60),
-        "lookupd_poll_interval": (float, 60.0, lambda v: v > 0),
-        "backoff_max": (float, 60.0, lambda v: v > 0),
-        "stop_timeout": (float, 30.0, lambda v: v > 0),
+        "nsqd_tcp_addresses": (list, [], Check(lambda v: all(isinstance(a, str) and host_port(a) for a in v),
+                                               'a list of "HOST:PORT" strings')),
+        "lookupd_http_addresses": (list, [], Check(lambda v: all(isinstance(a, str) and a and " " not in a for a in v),
+                                                   "a list of addresses (HOST:PORT or URL)")),
+        "topic": (str, "psd", NOT_EMPTY),
+        "channel": (str, "psd", NOT_EMPTY),
+        "max_in_flight": (int, 200, between(1, 100000)),
+        "max_attempts": (int, 20, at_least(0)),
+        "dead_letter_topic": (str, "psd_dead", NOT_EMPTY),
+        "msg_timeout": (float, 60.0, at_least(1)),
+        "heartbeat_interval": (float, 30.0, between(1, 60)),
+        "lookupd_poll_interval": (float, 60.0, POSITIVE),
+        "backoff_max": (float, 60.0, POSITIVE),
+        "stop_timeout": (float, 30.0, POSITIVE),
         "tls": (bool, False, None),
         "tls_ca_file": (str, "", None),
         "tls_server_name": (str, "", None),
@@ -78,9 +104,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "auth_secret_file": (str, "", None),
     },
     "query": {
-        "max_uids": (int, 10000, lambda v: v >= 1),
-        "max_reads_per_call": (int, 2000, lambda v: v >= 1),
-        "max_reads_per_request": (int, DEFAULT_MAX_READS, lambda v: v >= 1),
+        "max_uids": (int, 10000, at_least(1)),
+        "max_reads_per_call": (int, 2000, at_least(1)),
+        "max_reads_per_request": (int, DEFAULT_MAX_READS, at_least(1)),
     },
 }
 
@@ -138,7 +164,8 @@ def _checked(section: str, name: str, value: Any) -> Any:
     if type(value) is not kind:
         raise SettingsError(f"settings: [{section}] {name} must be of type {kind.__name__}, not {value!r}")
     if check is not None and not check(value):
-        raise SettingsError(f"settings: [{section}] {name} has an invalid value {value!r}")
+        accepted = f": it must be {check.description}" if isinstance(check, Check) else ""
+        raise SettingsError(f"settings: [{section}] {name} has an invalid value {value!r}{accepted}")
     if (section, name) == ("metrics", "names"):
         try:
             metric_names(value)

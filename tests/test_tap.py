@@ -58,7 +58,9 @@ class OptionsTests(SynchronousTestCase):
     def test_config_file_errors_name_the_setting(self):
         path = self.mktemp()
         for text, fragment in (('[writer]\nwindow_ms = "fast"\n', "[writer] window_ms must be of type float"),
-                               ("[writer]\nmax_in_flight = 0\n", "[writer] max_in_flight has an invalid value 0"),
+                               ("[writer]\nmax_in_flight = 0\n", "[writer] max_in_flight has an invalid value 0: it must be at least 1"),
+                               ("[http]\nmax_points = -5\n", "max_points has an invalid value -5: it must be from 1 to 100000"),
+                               ("[http]\nrequest_timeout = 0\n", "request_timeout has an invalid value 0.0: it must be more than 0"),
                                ("[writer]\nbogus = 1\n", "unknown setting [writer] bogus"),
                                ("[nope]\n", "unknown section [nope]"),
                                ("[metrics]\nnames = ['a:b']\n", "[metrics] names"),
