@@ -191,20 +191,31 @@ def redis_address(redis: dict, url: str) -> RedisAddress:
 
 
 class StoreService(Service):
-    """Connects to Redis and loads the scripts, retrying until Redis answers."""
+    """Connects to Redis and loads the scripts, retrying until Redis answers; says when Redis goes and comes.
+
+    One warning with the address and the reason when Redis cannot be reached
+    (at start, after ``warn_after`` seconds; later, when it goes away), one
+    info line when it is back: no line per retry.
+    """
 
     log = Logger()
     name = "store"
 
-    def __init__(self, reactor, store: RedisStore, retry_every: float = 0.2):
+    def __init__(self, reactor, store: RedisStore, retry_every: float = 0.2, warn_after: float = 2.0,
+                 watch_every: float = 1.0):
         self._reactor = reactor
         self.store = store
         self._retry_every = retry_every
+        self._warn_after = warn_after
+        self._watch_every = watch_every
         self._loop = None
+        self._since = None
+        self._reachable = True
 
     def startService(self) -> None:
         super().startService()
         self.store.start()
+        self._since = self._reactor.seconds()
         self._loop = task.LoopingCall(self._try_load)
         self._loop.clock = self._reactor
         self._loop.start(self._retry_every, now=False)
@@ -214,19 +225,56 @@ class StoreService(Service):
         try:
             yield self.store.ping()
             yield self.store.load_scripts()
-        except Exception as e:  # not up yet, or went away again: the next tick retries
-            self.log.debug("store not ready: {error}", error=e)
+        except Exception:  # not up yet, or went away again: the next tick retries
+            if self._reachable and self._reactor.seconds() - self._since >= self._warn_after:
+                yield self._went_away()
             return
         self.log.info("store ready at {url}", url=self.store.address.url)
         self.log.info("scripts loaded: {scripts}",
                       scripts=", ".join(f"{script.name} {script.sha}" for script in self.store.scripts))
         self._loop.stop()
+        self._reachable = True
+        self._loop = task.LoopingCall(self._watch)
+        self._loop.clock = self._reactor
+        self._loop.start(self._watch_every, now=False)
+
+    @defer.inlineCallbacks
+    def _watch(self):
+        if self.store.connected() == self._reachable:
+            return
+        if self._reachable:
+            yield self._went_away()
+        else:
+            self._reachable = True
+            self.log.info("Redis at {url} is reachable again", url=self.store.address.url)
+
+    @defer.inlineCallbacks
+    def _went_away(self):
+        self._reachable = False
+        reason = yield unreachable_reason(self._reactor, self.store.address)
+        self.log.warn("Redis at {url} is unreachable: {reason}; psd answers 503 and keeps retrying",
+                      url=self.store.address.url, reason=reason)
 
     def stopService(self):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self.store.stop()
+
+
+def unreachable_reason(reactor, address: RedisAddress, timeout: float = 2.0) -> defer.Deferred:
+    """Why Redis cannot be used, in the operating system's words (one connection attempt)."""
+    from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+    from twisted.internet.protocol import Factory, Protocol
+
+    endpoint = (UNIXClientEndpoint(reactor, address.path, timeout=timeout) if address.path
+                else HostnameEndpoint(reactor, address.host, address.port, timeout=timeout))
+
+    def connected(protocol):
+        protocol.transport.loseConnection()
+        return "it accepts connections but does not answer psd's commands"
+
+    return endpoint.connect(Factory.forProtocol(Protocol)).addCallbacks(connected, lambda f: f.getErrorMessage())
 
 
 class WriterService(Service):
