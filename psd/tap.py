@@ -227,7 +227,7 @@ class StoreService(Service):
             yield self.store.load_scripts()
         except Exception:  # not up yet, or went away again: the next tick retries
             if self._reachable and self._reactor.seconds() - self._since >= self._warn_after:
-                yield self._went_away()
+                yield self._went_away(at_start=True)
             return
         self.log.info("store ready at {url}", url=self.store.address.url)
         self.log.info("scripts loaded: {scripts}",
@@ -249,9 +249,12 @@ class StoreService(Service):
             self.log.info("Redis at {url} is reachable again", url=self.store.address.url)
 
     @defer.inlineCallbacks
-    def _went_away(self):
+    def _went_away(self, at_start: bool = False):
         self._reachable = False
         reason = yield unreachable_reason(self._reactor, self.store.address)
+        if at_start and reason is ANSWERING:  # still connecting (a starting server, reconnect backoff)
+            self._reachable = True
+            return
         self.log.warn("Redis at {url} is unreachable: {reason}; psd answers 503 and keeps retrying",
                       url=self.store.address.url, reason=reason)
 
@@ -260,6 +263,10 @@ class StoreService(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self.store.stop()
+
+
+#: what unreachable_reason says of a Redis that takes connections (stalled, or psd not connected yet)
+ANSWERING = "it accepts connections but does not answer psd's commands"
 
 
 def unreachable_reason(reactor, address: RedisAddress, timeout: float = 2.0) -> defer.Deferred:
@@ -272,7 +279,7 @@ def unreachable_reason(reactor, address: RedisAddress, timeout: float = 2.0) -> 
 
     def connected(protocol):
         protocol.transport.loseConnection()
-        return "it accepts connections but does not answer psd's commands"
+        return ANSWERING
 
     return endpoint.connect(Factory.forProtocol(Protocol)).addCallbacks(connected, lambda f: f.getErrorMessage())
 
