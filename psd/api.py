@@ -18,12 +18,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from psd import compat, openapi
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.leaderboard import board_json
 from psd.model import WriteUnit, group_parts
 from psd.reader import SumRequest, gathered
+from psd.routes import FORM_BODY, JSON_BODY, OPEN, READ, WRITE, Tokens, declared
 from psd.series import MAX_BUCKETS, plan_series, sum_series, time_zone
 from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
                             metric_name, parse_count, parse_point)
@@ -102,19 +104,15 @@ def split_list(text: Optional[str], field: str) -> list[str]:
     return text.split(",")
 
 
-#: The routes that change data: guarded by ``[http] token`` when one is set.
-WRITE_ROUTES = frozenset({b"/v1/points", b"/v1/counts", b"/v1/write"})
-
-
-def is_write(method: bytes, path: bytes) -> bool:
-    return method == b"POST" and path.rstrip(b"/") in WRITE_ROUTES
+#: The form (or query) fields of the original psd's routes that take a list of user ids.
+_IDS = frozenset({"ids"})
 
 
 class API:
     app = Klein()
 
     def __init__(self, writer, reader, store, metrics: frozenset, max_points: int = 10000,
-                 max_uids: int = 10000, health_checks: Optional[dict] = None):
+                 max_uids: int = 10000, health_checks: Optional[dict] = None, tokens: Optional[Tokens] = None):
         self._writer = writer
         self._reader = reader
         self._store = store
@@ -123,6 +121,8 @@ class API:
         self._max_uids = max_uids
         #: name -> callable returning (ok, details), e.g. the NSQ consumer's status
         self._health_checks = health_checks or {}
+        #: read by each route's @declared scope
+        self.tokens = tokens or Tokens()
 
     def resource(self):
         return self.app.resource()
@@ -135,14 +135,24 @@ class API:
     @app.handle_errors(MethodNotAllowed)
     def _not_allowed(self, request, failure):
         request.setHeader(b"Content-Type", b"application/json")
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode())
         return _answer(request, 405, {"error": "method not allowed on this route"})
 
+    @app.handle_errors(RequestRedirect)
+    def _not_canonical(self, request, failure):
+        """``/v1//points``: werkzeug would answer an HTML 308 to a URL built from the Host header."""
+        request.setHeader(b"Content-Type", b"application/json")
+        return _answer(request, 404, {"error": "no such route (paths have no empty segments)"})
+
     @app.route("/health/ping", methods=["GET"])
+    @declared(OPEN)
     @json_route
     def ping(self, request):
         return {"pong": "OK"}
 
     @app.route("/health", methods=["GET"])
+    @declared(OPEN)
     @json_route
     @defer.inlineCallbacks
     def health(self, request):
@@ -157,9 +167,12 @@ class API:
             ok = ok and check_ok
         if not ok:
             body["status"] = "unavailable"
+        if not self.tokens.allows(READ, request):  # a load balancer's probe: the status, no details
+            body = {"status": body["status"]}
         return (200 if ok else 503), body
 
     @app.route("/v1/points", methods=["POST"])
+    @declared(WRITE, JSON_BODY)
     @json_route
     def write_points(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points)
@@ -179,6 +192,7 @@ class API:
         return "h:" + key_part(text, "Idempotency-Key")
 
     @app.route("/v1/sum", methods=["GET"])
+    @declared(READ, fields=frozenset({"uids", "metrics", "atid", "from", "to"}))
     @json_route
     def sum_get(self, request):
         args = _text_args(request)
@@ -192,9 +206,12 @@ class API:
         return self._sum(query)
 
     @app.route("/v1/sum", methods=["POST"])
+    @declared(READ, JSON_BODY)
     @json_route
     def sum_post(self, request):
-        return self._sum(_json_object(request))
+        return self._sum(_known_fields(_json_object(request), self._SUM_FIELDS))
+
+    _SUM_FIELDS = frozenset({"uids", "metrics", "atid", "from", "to", "offsets"})
 
     @defer.inlineCallbacks
     def _sum(self, query: dict):
@@ -232,6 +249,7 @@ class API:
     _BOARD_FIELDS = frozenset({"uids", "metric", "atid", "from", "to", "offsets", "limit", "compare_to"})
 
     @app.route("/v1/series", methods=["GET"])
+    @declared(READ, fields=frozenset({"uid", "metric", "atid", "from", "to", "step", "tz"}))
     @json_route
     @defer.inlineCallbacks
     def series(self, request):
@@ -249,13 +267,11 @@ class API:
                 "series": [{"start": b.start, "end": b.end, "value": v} for b, v in zip(plan.buckets, values)]}
 
     @app.route("/v1/leaderboard", methods=["POST"])
+    @declared(READ, JSON_BODY)
     @json_route
     @defer.inlineCallbacks
     def leaderboard(self, request):
-        body = _json_object(request)
-        unknown = body.keys() - self._BOARD_FIELDS
-        if unknown:
-            raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
+        body = _known_fields(_json_object(request), self._BOARD_FIELDS)
         uids = self._uid_list(body.get("uids"))
         metric = metric_name(body.get("metric"), self._metrics)
         atid = integer(body, "atid", 0, MAX_ID, default=0)
@@ -274,12 +290,14 @@ class API:
         return board_json(now, then, limit)  # bytes: json_route sends them as they are
 
     @app.route("/v1/counts", methods=["POST"])
+    @declared(WRITE, JSON_BODY)
     @json_route
     def write_counts(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points, "counts")
         return self._submit(request, [parse_count(item, index) for index, item in enumerate(items)])
 
     @app.route("/v1/count", methods=["GET"])
+    @declared(READ, fields=frozenset({"names", "from", "to"}))
     @json_route
     @defer.inlineCallbacks
     def read_counts(self, request):
@@ -296,6 +314,7 @@ class API:
         return {"results": dict(zip(names, sums))}
 
     @app.route("/v1/write", methods=["POST"])
+    @declared(WRITE, JSON_BODY)
     @json_route
     @defer.inlineCallbacks
     def compat_write(self, request):
@@ -304,6 +323,7 @@ class API:
         return _plain(request, "ok")
 
     @app.route("/v1/query/<uid>/<thing>/<atid>/<start_ts>/<end_ts>", methods=["GET"])
+    @declared(READ)
     @json_route
     @defer.inlineCallbacks
     def compat_query(self, request, uid, thing, atid, start_ts, end_ts):
@@ -314,6 +334,7 @@ class API:
         return _plain(request, str(total))
 
     @app.route("/v1/query_ids/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @declared(READ, fields=_IDS)
     @json_route
     @defer.inlineCallbacks
     def compat_query_ids(self, request, thing, atid, start_ts, end_ts):
@@ -324,6 +345,7 @@ class API:
         return _plain(request, _go_json({str(uid): total for uid, total in zip(uids, sums)}))
 
     @app.route("/v1/mu_query/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @declared(READ, fields=_IDS)
     @json_route
     @defer.inlineCallbacks
     def compat_mu_query(self, request, thing, atid, start_ts, end_ts):
@@ -334,16 +356,19 @@ class API:
                            "atids": {str(uid): atids[uid] for uid in uids}})
 
     @app.route("/v1/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @declared(READ, fields=_IDS | {"things"})
     @json_route
     def compat_mumt_query(self, request, atid, start_ts, end_ts):
         return self._mumt(request, atid, start_ts, end_ts, with_offsets=False)
 
     @app.route("/v2/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
+    @declared(READ, fields=_IDS | {"things", "offsets"})
     @json_route
     def compat_mumt_query_v2(self, request, atid, start_ts, end_ts):
         return self._mumt(request, atid, start_ts, end_ts, with_offsets=True)
 
     @app.route("/v1/readcount/<thing>/<start_ts>/<end_ts>", methods=["GET"])
+    @declared(READ)
     @json_route
     @defer.inlineCallbacks
     def compat_readcount(self, request, thing, start_ts, end_ts):
@@ -351,6 +376,7 @@ class API:
         return _plain(request, str(total))
 
     @app.route("/v1/readcount_with_ids/<prefix>/<start_ts>/<end_ts>", methods=["POST"])
+    @declared(READ, fields=_IDS)
     @json_route
     @defer.inlineCallbacks
     def compat_readcount_with_ids(self, request, prefix, start_ts, end_ts):
@@ -359,6 +385,7 @@ class API:
         return _plain(request, _go_json(dict(zip(names, sums))))
 
     @app.route("/openapi.json", methods=["GET"])
+    @declared(READ)
     @json_route
     def openapi_document(self, request):
         return openapi.document(sorted(self._metrics), self._max_uids, self.max_series_buckets)
@@ -438,13 +465,20 @@ def _text_args(request) -> dict[str, str]:
         raise InvalidInput("query and form fields must be UTF-8") from None
 
 
-FORM_TYPE = b"application/x-www-form-urlencoded"
+FORM_TYPE = FORM_BODY
 
 
 def _json_object(request) -> dict:
     body = decode_json(request.content.read())
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _known_fields(body: dict, known: frozenset) -> dict:
+    unknown = body.keys() - known
+    if unknown:
+        raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
     return body
 
 

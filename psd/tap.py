@@ -10,7 +10,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python import usage
 from psd import config
-from psd.api import API, is_write
+from psd.api import API
 from psd.embedded import EmbeddedRedis, find_server_binary
 from psd.embedded import socket_path as embedded_socket_path
 from psd.keys import Layout
@@ -18,7 +18,8 @@ from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
-from psd.web import GuardedSite, RequestGuard
+from psd.routes import Tokens
+from psd.web import GuardedSite, RequestGuard, loopback_hosts
 from psd.workers import http_service, tcp_address
 from psd.writer import Writer
 
@@ -118,6 +119,17 @@ def _write_token(http: dict) -> str:
     if not token:
         raise config.SettingsError("settings: [http] token_file is empty")
     return token
+
+
+def _allowed_hosts(http: dict):
+    """``[http] allowed_hosts``, or the loopback names of a loopback listen address (None: any Host)."""
+    if http["allowed_hosts"]:
+        return frozenset(http["allowed_hosts"])
+    try:
+        _, interface, port, _ = tcp_address(http["listen"])
+    except ValueError:  # a unix socket, or an endpoint type without an interface
+        return None
+    return loopback_hosts(interface, port)
 
 
 class StoreService(Service):
@@ -261,10 +273,12 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     h = settings.http
     api = API(writer, reader, store, metrics, max_points=h["max_points"], max_uids=settings.query["max_uids"],
-              health_checks=health_checks)
-    guarded = RequestGuard(api.resource(), is_write, options.write_token, h["read_token"])
+              health_checks=health_checks, tokens=Tokens(options.write_token, h["read_token"]))
+    guarded = RequestGuard(api.resource(), _allowed_hosts(h))
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
-                       max_connections=h["max_connections"])
+                       max_connections=h["max_connections"],
+                       max_connections_per_address=h["max_connections_per_address"],
+                       first_byte_timeout=h["first_byte_timeout"])
     if not h["access_log"]:
         site.log = lambda request: None  # one log line per request costs about as much as a query
     http = http_service(reactor, h["listen"], site, options["workers"], options["inherited-fd"],

@@ -51,7 +51,7 @@ class LiveHardeningTests(TestCase):
             f.write("s3cret\n")
         config = self.mktemp()
         with open(config, "w") as f:
-            f.write(f'[http]\nrequest_timeout = 3.0\ntoken_file = "{self.token_file}"\nmax_body_bytes = 100000\n')
+            f.write(f'[http]\nrequest_timeout = 3.0\nmax_connections_per_address = 4096\ntoken_file = "{self.token_file}"\nmax_body_bytes = 100000\n')
         # a listen backlog that takes a burst of 2,000 connects without dropping SYNs
         self.psd = yield started_psd(self, self.server, "--config", config, backlog=4096)
         self.auth = {"Authorization": "Bearer s3cret"}
