@@ -224,3 +224,20 @@ class InputTests(SynchronousTestCase):
         self.assertNotIn(b"Location", answer)
         self.assertNotIn(b"evil", answer)
         self.assertEqual(self.harness.writer.units, [])
+
+
+class OpenAPITests(SynchronousTestCase):
+    def test_operations_have_ids_and_the_security_of_their_route(self):
+        from psd.openapi import document
+        paths = document(["points"], 10, 10)["paths"]
+        ids = [operation["operationId"] for item in paths.values() for operation in item.values()]
+        self.assertEqual(len(ids), len(set(ids)))
+        for rule in API.app.url_map.iter_rules():
+            item = paths[re.sub(r"<(\w+)>", r"{\1}", rule.rule)]
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                operation = item[method.lower()]
+                if scopes(API)[rule.endpoint] == OPEN:
+                    self.assertEqual(operation["security"], [], rule.rule)
+                else:
+                    self.assertEqual((operation["security"], "401" in operation["responses"]),
+                                     ([{"bearer": []}], True), rule.rule)
