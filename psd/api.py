@@ -18,13 +18,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from psd import compat, openapi
-from psd.access import Scope, Tokens
 from psd.errors import InvalidInput, Overloaded, RejectedByStore, StoreUnavailable
 from psd.leaderboard import board_json
 from psd.model import WriteUnit, content_digest, group_parts
 from psd.reader import SumRequest
+from psd.routes import FORM_BODY, JSON_BODY, OPEN, READ, WRITE, Tokens, declared
 from psd.series import MAX_BUCKETS, series_planner, series_sums, time_zone
 from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, integer_text, key_part,
                             metric_name, parse_count, parse_point)
@@ -32,35 +33,27 @@ from psd.validation import (MAX_ID, MAX_TS, as_batch, decode_json, integer, inte
 log = Logger()
 
 
-def json_route(scope: Scope) -> Callable:
-    """Declare who may call a route (see psd.access), run it, map errors to JSON answers.
+def json_route(handler: Callable) -> Callable:
+    """Run a handler that returns a dict (or (status, dict)), map errors to JSON answers.
 
-    The handler returns a dict (or (status, dict)).  The token is checked here,
-    by the handler that Klein chose, so no spelling of a path can skip it.
     Plain callbacks rather than a generator: this wraps every write request,
     and a handler that answers at once is answered without a Deferred.
+    Who may call a route is declared on it with psd.routes.declared.
     """
 
-    def declare(handler: Callable) -> Callable:
-        @functools.wraps(handler)
-        def route(self, request, *args, **kwargs):
-            request.setHeader(b"Content-Type", b"application/json")
-            if not self._tokens.permits(scope, request.getHeader(b"Authorization")):
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="psd"')
-                return _answer(request, 401, {"error": f"a valid bearer token is required ({scope.value} scope)"})
-            try:
-                result = handler(self, request, *args, **kwargs)
-            except Exception:
-                return _answer_error(request, Failure())
-            if isinstance(result, defer.Deferred):
-                return result.addCallbacks(lambda value: _answer_result(request, value),
-                                           lambda failure: _answer_error(request, failure))
-            return _answer_result(request, result)
+    @functools.wraps(handler)
+    def route(self, request, *args, **kwargs):
+        request.setHeader(b"Content-Type", b"application/json")
+        try:
+            result = handler(self, request, *args, **kwargs)
+        except Exception:
+            return _answer_error(request, Failure())
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(lambda value: _answer_result(request, value),
+                                       lambda failure: _answer_error(request, failure))
+        return _answer_result(request, result)
 
-        route.scope = scope
-        return route
-
-    return declare
+    return route
 
 
 def _answer_result(request, result) -> bytes:
@@ -112,6 +105,10 @@ def split_list(text: Optional[str], field: str) -> list[str]:
     return text.split(",")
 
 
+#: The form (or query) fields of the original psd's routes that take a list of user ids.
+_IDS = frozenset({"ids"})
+
+
 class API:
     app = Klein()
 
@@ -125,7 +122,8 @@ class API:
         self._max_uids = max_uids
         #: name -> callable returning (ok, details), e.g. the NSQ consumer's status
         self._health_checks = health_checks or {}
-        self._tokens = tokens or Tokens()
+        #: read by each route's @declared scope
+        self.tokens = tokens or Tokens()
 
     def resource(self):
         return self.app.resource()
@@ -138,15 +136,25 @@ class API:
     @app.handle_errors(MethodNotAllowed)
     def _not_allowed(self, request, failure):
         request.setHeader(b"Content-Type", b"application/json")
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode())
         return _answer(request, 405, {"error": "method not allowed on this route"})
 
+    @app.handle_errors(RequestRedirect)
+    def _not_canonical(self, request, failure):
+        """``/v1//points``: werkzeug would answer an HTML 308 to a URL built from the Host header."""
+        request.setHeader(b"Content-Type", b"application/json")
+        return _answer(request, 404, {"error": "no such route (paths have no empty segments)"})
+
     @app.route("/health/ping", methods=["GET"])
-    @json_route(Scope.PUBLIC)
+    @declared(OPEN)
+    @json_route
     def ping(self, request):
         return {"pong": "OK"}
 
     @app.route("/health", methods=["GET"])
-    @json_route(Scope.PUBLIC)
+    @declared(OPEN)
+    @json_route
     @defer.inlineCallbacks
     def health(self, request):
         body, ok = {"status": "ok"}, True
@@ -160,12 +168,13 @@ class API:
             ok = ok and check_ok
         if not ok:
             body["status"] = "unavailable"
-        if not self._tokens.permits(Scope.READ, request.getHeader(b"Authorization")):
-            body = {"status": body["status"]}  # a load balancer needs no token; the details do
+        if not self.tokens.allows(READ, request):  # a load balancer's probe: the status, no details
+            body = {"status": body["status"]}
         return (200 if ok else 503), body
 
     @app.route("/v1/points", methods=["POST"])
-    @json_route(Scope.WRITE)
+    @declared(WRITE, JSON_BODY)
+    @json_route
     def write_points(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points)
         keyed = [parse_point(item, self._metrics, index) for index, item in enumerate(items)]
@@ -182,7 +191,8 @@ class API:
         return "h:" + key_part(text, "Idempotency-Key")
 
     @app.route("/v1/sum", methods=["GET"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=frozenset({"uids", "metrics", "atid", "from", "to"}))
+    @json_route
     def sum_get(self, request):
         args = _text_args(request)
         query = {
@@ -195,9 +205,12 @@ class API:
         return self._sum(query)
 
     @app.route("/v1/sum", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, JSON_BODY)
+    @json_route
     def sum_post(self, request):
-        return self._sum(_json_object(request))
+        return self._sum(_known_fields(_json_object(request), self._SUM_FIELDS))
+
+    _SUM_FIELDS = frozenset({"uids", "metrics", "atid", "from", "to", "offsets"})
 
     @defer.inlineCallbacks
     def _sum(self, query: dict):
@@ -235,7 +248,8 @@ class API:
     _BOARD_FIELDS = frozenset({"uids", "metric", "atid", "from", "to", "offsets", "limit", "compare_to"})
 
     @app.route("/v1/series", methods=["GET"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=frozenset({"uid", "metric", "atid", "from", "to", "step", "tz"}))
+    @json_route
     @defer.inlineCallbacks
     def series(self, request):
         args = _text_args(request)
@@ -255,13 +269,11 @@ class API:
                 "series": [{"start": b.start, "end": b.end, "value": v} for b, v in zip(plan.buckets, values)]}
 
     @app.route("/v1/leaderboard", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, JSON_BODY)
+    @json_route
     @defer.inlineCallbacks
     def leaderboard(self, request):
-        body = _json_object(request)
-        unknown = body.keys() - self._BOARD_FIELDS
-        if unknown:
-            raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
+        body = _known_fields(_json_object(request), self._BOARD_FIELDS)
         uids = self._uid_list(body.get("uids"))
         metric = metric_name(body.get("metric"), self._metrics)
         atid = integer(body, "atid", 0, MAX_ID, default=0)
@@ -280,13 +292,15 @@ class API:
         return board_json(now, then, limit)  # bytes: json_route sends them as they are
 
     @app.route("/v1/counts", methods=["POST"])
-    @json_route(Scope.WRITE)
+    @declared(WRITE, JSON_BODY)
+    @json_route
     def write_counts(self, request):
         items = as_batch(decode_json(request.content.read()), self._max_points, "counts")
         return self._submit(request, [parse_count(item, index) for index, item in enumerate(items)])
 
     @app.route("/v1/count", methods=["GET"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=frozenset({"names", "from", "to"}))
+    @json_route
     @defer.inlineCallbacks
     def read_counts(self, request):
         args = _text_args(request)
@@ -302,7 +316,8 @@ class API:
         return {"results": dict(zip(names, sums))}
 
     @app.route("/v1/write", methods=["POST"])
-    @json_route(Scope.WRITE)
+    @declared(WRITE, JSON_BODY)
+    @json_route
     @defer.inlineCallbacks
     def compat_write(self, request):
         point = compat.write_point(decode_json(request.content.read()), self._metrics)
@@ -310,7 +325,8 @@ class API:
         return _plain(request, "ok")
 
     @app.route("/v1/query/<uid>/<thing>/<atid>/<start_ts>/<end_ts>", methods=["GET"])
-    @json_route(Scope.READ)
+    @declared(READ)
+    @json_route
     @defer.inlineCallbacks
     def compat_query(self, request, uid, thing, atid, start_ts, end_ts):
         uid = integer_text(uid, "uid", 0, MAX_ID)
@@ -320,7 +336,8 @@ class API:
         return _plain(request, str(total))
 
     @app.route("/v1/query_ids/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=_IDS)
+    @json_route
     @defer.inlineCallbacks
     def compat_query_ids(self, request, thing, atid, start_ts, end_ts):
         uids = compat.ids(_text_args(request).get("ids"), self._max_uids)
@@ -330,7 +347,8 @@ class API:
         return _plain(request, _go_json({str(uid): total for uid, total in zip(uids, sums)}))
 
     @app.route("/v1/mu_query/<thing>/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=_IDS)
+    @json_route
     @defer.inlineCallbacks
     def compat_mu_query(self, request, thing, atid, start_ts, end_ts):
         uids = compat.ids(_text_args(request).get("ids"), self._max_uids)
@@ -340,24 +358,28 @@ class API:
                            "atids": {str(uid): atids[uid] for uid in uids}})
 
     @app.route("/v1/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=_IDS | {"things"})
+    @json_route
     def compat_mumt_query(self, request, atid, start_ts, end_ts):
         return self._mumt(request, atid, start_ts, end_ts, with_offsets=False)
 
     @app.route("/v2/mumt_query/<atid>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=_IDS | {"things", "offsets"})
+    @json_route
     def compat_mumt_query_v2(self, request, atid, start_ts, end_ts):
         return self._mumt(request, atid, start_ts, end_ts, with_offsets=True)
 
     @app.route("/v1/readcount/<thing>/<start_ts>/<end_ts>", methods=["GET"])
-    @json_route(Scope.READ)
+    @declared(READ)
+    @json_route
     @defer.inlineCallbacks
     def compat_readcount(self, request, thing, start_ts, end_ts):
         [total] = yield self._reader.count_sums([compat.count_name(thing)], *compat.window(start_ts, end_ts))
         return _plain(request, str(total))
 
     @app.route("/v1/readcount_with_ids/<prefix>/<start_ts>/<end_ts>", methods=["POST"])
-    @json_route(Scope.READ)
+    @declared(READ, fields=_IDS)
+    @json_route
     @defer.inlineCallbacks
     def compat_readcount_with_ids(self, request, prefix, start_ts, end_ts):
         names = compat.count_names(prefix, _text_args(request).get("ids"), self._max_uids)
@@ -365,7 +387,8 @@ class API:
         return _plain(request, _go_json(dict(zip(names, sums))))
 
     @app.route("/openapi.json", methods=["GET"])
-    @json_route(Scope.READ)
+    @declared(READ)
+    @json_route
     def openapi_document(self, request):
         return openapi.document(sorted(self._metrics), self._max_uids, self.max_series_buckets)
 
@@ -456,13 +479,20 @@ def _text_args(request) -> dict[str, str]:
         raise InvalidInput("query and form fields must be UTF-8") from None
 
 
-FORM_TYPE = b"application/x-www-form-urlencoded"
+FORM_TYPE = FORM_BODY
 
 
 def _json_object(request) -> dict:
     body = decode_json(request.content.read())
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _known_fields(body: dict, known: frozenset) -> dict:
+    unknown = body.keys() - known
+    if unknown:
+        raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
     return body
 
 

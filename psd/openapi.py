@@ -49,6 +49,24 @@ def _plain(schema: dict) -> dict:
     return {"text/plain": {"schema": schema}}
 
 
+#: Routes answered without a token (/health gives its details only with the read token).
+_OPEN_PATHS = frozenset({"/health/ping", "/health"})
+
+
+def _secure(paths: dict) -> None:
+    """Give every operation an operationId, and the guarded ones the bearer scheme and a 401 answer."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            words = [part.strip("{}") for part in path.replace(".", "_").split("/") if part]
+            operation["operationId"] = "_".join([method, *words])
+            if path in _OPEN_PATHS:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearer": []}]
+            operation["responses"]["401"] = {"description": "a valid bearer token is required",
+                                             "content": _json({"$ref": "#/components/schemas/Error"})}
+
+
 def document(metrics: list[str], max_uids: int, max_buckets: int) -> dict:
     metric = {"type": "string", "enum": metrics}
     uids = {"type": "array", "items": _ID, "minItems": 1, "maxItems": max_uids}
@@ -177,6 +195,7 @@ def document(metrics: list[str], max_uids: int, max_buckets: int) -> dict:
         "/openapi.json": {"get": {"summary": "This document",
                                   "responses": {"200": {"description": "OpenAPI 3", "content": _json({"type": "object"})}}}},
     }
+    _secure(paths)
     return {
         "openapi": "3.0.3",
         "info": {"title": "psd, the Point Space Daemon", "version": "1",
@@ -184,7 +203,10 @@ def document(metrics: list[str], max_uids: int, max_buckets: int) -> dict:
                                 "seconds. The /v1/write, /v1/query..., /v1/mu_query, /v1/mumt_query, /v2/mumt_query "
                                 "and /v1/readcount... routes are those of the original Go psd."},
         "paths": paths,
-        "components": {"schemas": {"Error": _ERROR, "Sums": {"type": "object", "properties": {
+        "components": {"securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "[http] token for the write routes, [http] read_token (or the write token) for the others"}},
+            "schemas": {"Error": _ERROR, "Sums": {"type": "object", "properties": {
             "from": _TS, "to": _TS, "atid": _ID,
             "results": {"type": "object", "additionalProperties": id_sums}}}}},
     }

@@ -15,7 +15,6 @@ from twisted.python import usage
 
 import psd
 from psd import config
-from psd.access import Tokens
 from psd.api import API
 from psd.embedded import EmbeddedRedis, data_dir_holder, find_server_binary
 from psd.embedded import socket_path as embedded_socket_path
@@ -26,7 +25,8 @@ from psd.nsq.consumer import NSQConsumer
 from psd.reader import Reader
 from psd.store import RedisAddress, RedisStore
 from psd.validation import metric_names
-from psd.web import GuardedSite, RequestGuard
+from psd.routes import Tokens
+from psd.web import GuardedSite, RequestGuard, loopback_hosts
 from psd.workers import http_service, tcp_address
 from psd.writer import Writer
 
@@ -188,6 +188,17 @@ def redis_address(redis: dict, url: str) -> RedisAddress:
         raise
     except ValueError as e:
         raise config.SettingsError(f"settings: {e}") from None
+
+
+def _allowed_hosts(http: dict):
+    """``[http] allowed_hosts``, or the loopback names of a loopback listen address (None: any Host)."""
+    if http["allowed_hosts"]:
+        return frozenset(http["allowed_hosts"])
+    try:
+        _, interface, port, _ = tcp_address(http["listen"])
+    except ValueError:  # a unix socket, or an endpoint type without an interface
+        return None
+    return loopback_hosts(interface, port)
 
 
 class StoreService(Service):
@@ -408,9 +419,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
     h = settings.http
     api = API(writer, reader, store, metrics, max_points=h["max_points"], max_uids=settings.query["max_uids"],
               health_checks=health_checks, tokens=Tokens(options.write_token, h["read_token"]))
-    guarded = RequestGuard(api.resource())
+    guarded = RequestGuard(api.resource(), _allowed_hosts(h))
     site = GuardedSite(guarded, reactor, max_body_bytes=h["max_body_bytes"], request_timeout=h["request_timeout"],
-                       max_connections=h["max_connections"])
+                       max_connections=h["max_connections"],
+                       max_connections_per_address=h["max_connections_per_address"],
+                       first_byte_timeout=h["first_byte_timeout"])
     if not h["access_log"]:
         site.log = lambda request: None  # one log line per request costs about as much as a query
     http = http_service(reactor, h["listen"], site, options["workers"], options["inherited-fd"],

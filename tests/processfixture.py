@@ -28,6 +28,8 @@ def http_call(port: int, method: str, path: str, body=None, headers=None, timeou
     """(status, decoded JSON) or (None, None) when psd is not answering."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
+        if body is not None:
+            headers = {"Content-Type": "application/json", **(headers or {})}
         connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers or {})
         response = connection.getresponse()
         return response.status, json.loads(response.read() or b"null")

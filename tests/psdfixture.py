@@ -22,6 +22,8 @@ class HttpClient:
     def request(self, method: str, path: str, body=None, headers=None, raw: bytes = None):
         """(status, decoded JSON body, response) of one request."""
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        if data is not None and not any(name.lower() == "content-type" for name in headers or {}):
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         response = yield treq.request(method, self.base + path, data=data, headers=headers, persistent=False)
         content = yield response.content()
         return response.code, (json.loads(content) if content else None), response

@@ -1,4 +1,4 @@
-"""Authorization: every route declares its scope; no spelling of a path gets past its token."""
+"""Authorization: the tokens of each scope, and no spelling of a path gets past its token (a real psd)."""
 
 from __future__ import annotations
 
@@ -9,52 +9,38 @@ from urllib.parse import quote
 from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase
 
-from psd.access import Scope, Tokens
+from psd.routes import OPEN, READ as READ_SCOPE, WRITE as WRITE_SCOPE, Tokens
 from psd.api import API
 from tests.psdfixture import started_psd
 from tests.redisfixture import StoreTestCase
 
-WRITE, READ = "w-s3cret", "r-s3cret"
+WRITE, READ = "w-s3cret", "r-s3cret"  # the tokens
 
 
 class TokensTests(SynchronousTestCase):
     def test_scopes(self):
         both = Tokens(write=WRITE, read=READ)
-        cases = [(Scope.WRITE, WRITE, True), (Scope.WRITE, READ, False), (Scope.WRITE, None, False),
-                 (Scope.READ, READ, True), (Scope.READ, WRITE, True), (Scope.READ, None, False),
-                 (Scope.READ, "r-s3cre", False), (Scope.PUBLIC, None, True)]
+        cases = [(WRITE_SCOPE, WRITE, True), (WRITE_SCOPE, READ, False), (WRITE_SCOPE, None, False),
+                 (READ_SCOPE, READ, True), (READ_SCOPE, WRITE, True), (READ_SCOPE, None, False),
+                 (READ_SCOPE, "r-s3cre", False), (OPEN, None, True)]
         for scope, token, allowed in cases:
             header = None if token is None else b"Bearer " + token.encode()
             self.assertEqual(both.permits(scope, header), allowed, (scope, token))
 
     def test_only_a_read_token_guards_writes_too(self):
         tokens = Tokens(read=READ)
-        self.assertFalse(tokens.permits(Scope.WRITE, None))
-        self.assertTrue(tokens.permits(Scope.WRITE, b"bearer " + READ.encode()))
+        self.assertFalse(tokens.permits(WRITE_SCOPE, None))
+        self.assertTrue(tokens.permits(WRITE_SCOPE, b"bearer " + READ.encode()))
 
     def test_only_a_write_token_leaves_reads_open(self):
         tokens = Tokens(write=WRITE)
-        self.assertTrue(tokens.permits(Scope.READ, None))
-        self.assertFalse(tokens.permits(Scope.WRITE, b"Bearer wrong"))
+        self.assertTrue(tokens.permits(READ_SCOPE, None))
+        self.assertFalse(tokens.permits(WRITE_SCOPE, b"Bearer wrong"))
 
     def test_no_token_opens_everything_and_headers_must_be_bearer(self):
-        self.assertTrue(Tokens().permits(Scope.WRITE, None))
+        self.assertTrue(Tokens().permits(WRITE_SCOPE, None))
         for header in (b"Basic " + WRITE.encode(), WRITE.encode(), b"Bearer ", b"Bearer"):
-            self.assertFalse(Tokens(write=WRITE).permits(Scope.WRITE, header), header)
-
-    def test_every_route_declares_its_scope(self):
-        for rule in API.app.url_map.iter_rules():
-            handler = getattr(API, rule.endpoint, None)
-            self.assertIsInstance(getattr(handler, "scope", None), Scope, f"{rule.rule} declares no scope")
-
-    def test_the_routes_that_write_are_write_scoped(self):
-        """A handler that reaches the writer (self._writer / self._submit) must be a write route."""
-        import inspect
-        for rule in API.app.url_map.iter_rules():
-            handler = getattr(API, rule.endpoint)
-            source = inspect.getsource(handler)
-            if "self._writer" in source or "self._submit(" in source:
-                self.assertIs(handler.scope, Scope.WRITE, rule.rule)
+            self.assertFalse(Tokens(write=WRITE).permits(WRITE_SCOPE, header), header)
 
 
 def concrete_paths() -> list[tuple[str, str]]:
@@ -135,6 +121,6 @@ class HealthWithoutTokenTests(StoreTestCase):
         status, body, _ = yield psd.get("/health/ping")
         self.assertEqual((status, body), (200, {"pong": "OK"}))
         status, body, response = yield psd.get("/v1/sum?uids=1&metrics=points&from=1&to=2")
-        self.assertEqual((status, body), (401, {"error": "a valid bearer token is required (read scope)"}))
+        self.assertEqual((status, body), (401, {"error": "a valid bearer token is required"}))
         self.assertEqual(response.headers.getRawHeaders("WWW-Authenticate"), ['Bearer realm="psd"'])
 

@@ -136,7 +136,8 @@ class OverloadTests(TestCase):
         server.kill(signal.SIGSTOP)
         body = json.dumps({"uid": 1, "metric": "points", "value": 1, "ts": TS}).encode()
         client = yield ClientCreator(reactor, Protocol).connectTCP("127.0.0.1", int(psd.base.rsplit(":", 1)[1]))
-        client.transport.write(b"POST /v1/points HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        client.transport.write(b"POST /v1/points HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                               % (int(psd.base.rsplit(":", 1)[1]), len(body), body))
         yield deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(psd.writer.pending(), 1)
         client.transport.loseConnection()

@@ -14,10 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 PACKAGE = Path(__file__).resolve().parent.parent / "psd"
 
-CORE = {"psd.access", "psd.buckets", "psd.coalesce", "psd.compat", "psd.config", "psd.embedded_launcher", "psd.cost", "psd.errors",
+CORE = {"psd.buckets", "psd.coalesce", "psd.compat", "psd.config", "psd.embedded_launcher", "psd.cost", "psd.errors",
         "psd.keys", "psd.leaderboard", "psd.model", "psd.openapi", "psd.series", "psd.split", "psd.validation",
         "psd.nsq.framing", "psd.nsq.messages"}
-HTTP = {"psd.api", "psd.web"}
+HTTP = {"psd.api", "psd.routes", "psd.web"}
 NSQ = {"psd.nsq.protocol", "psd.nsq.consumer", "psd.nsq.security"}
 #: libraries that do I/O or need a reactor: edges only
 IO_LIBRARIES = ("twisted", "txredisapi", "klein", "treq", "werkzeug")

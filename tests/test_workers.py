@@ -128,7 +128,7 @@ class TwoWorkersTests(TestCase):
             if writers() >= 2:
                 break
             response = yield treq.post(url, data=b'{"uid": 1, "metric": "points", "value": 1, "ts": %d}' % TS,
-                                       persistent=False)
+                                       headers={"Content-Type": "application/json"}, persistent=False)
             yield response.content()
             if response.code == 503:  # the worker accepts on its socket before its store is connected
                 continue
@@ -141,7 +141,7 @@ class TwoWorkersTests(TestCase):
         burst = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
         self.addCleanup(lambda: [sock.close() for sock in burst])
         for sock in burst:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
         for sock in burst:
             self.assertIn(b"200", sock.recv(100))
         counts = established_per_process([psd.pid, *workers], port)
