@@ -17,6 +17,7 @@ from tests.oracle import assert_exact, random_requests, run_clients
 from tests.processfixture import PsdProcess
 from tests.psdfixture import HttpClient
 from tests.redisfixture import RedisServer, free_port, started_store
+from tests.waiting import poll_until
 
 
 class PsdCrashTests(TestCase):
@@ -107,13 +108,3 @@ class EmbeddedStoreCrashTests(TestCase):
         yield poll_until(store.connected, "a connection to the embedded store")
         yield assert_exact(self, store, [p for _, ps in requests for p in ps], "embedded store, psd kill -9 x3",
                            f"answers {dict(stats)}")
-
-
-@defer.inlineCallbacks
-def poll_until(condition, what: str, timeout: float = 20.0):
-    """Wait (on the reactor) until ``condition()`` is true: a child process needs wall-clock time."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield task.deferLater(reactor, 0.05, lambda: None)

@@ -8,7 +8,6 @@ or credentials Redis rejects, never logging the password.
 from __future__ import annotations
 
 import os
-import time
 
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
@@ -26,6 +25,7 @@ from tests.psdfixture import started_psd
 from tests.redisfixture import RedisServer, started_store
 from tests.test_store import points_unit
 from tests.tlscerts import make_ca
+from tests.waiting import poll_until
 
 SECRET = "s3cret-p@ss:word"
 TS = 1458061005
@@ -46,15 +46,6 @@ def store_errors(testcase) -> list[str]:
     globalLogPublisher.addObserver(observe)
     testcase.addCleanup(globalLogPublisher.removeObserver, observe)
     return lines
-
-
-@defer.inlineCallbacks
-def wait_for(check, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield task.deferLater(reactor, 0.05, lambda: None)
 
 
 @defer.inlineCallbacks
@@ -132,7 +123,7 @@ class TLSTests(TestCase):
         store = RedisStore(address, reply_timeout=2.0)
         store.start()
         self.addCleanup(store.stop)
-        yield wait_for(lambda: self.errors, "the refusal to be logged")
+        yield poll_until(lambda: self.errors, "the refusal to be logged")
         yield task.deferLater(reactor, 2.5, lambda: None)  # a reconnection or two later: still one line
         self.assertFalse(store.connected())
         self.assertEqual(len(self.errors), 1, self.errors)
@@ -153,7 +144,7 @@ class TLSTests(TestCase):
         with open(settings, "w") as f:
             f.write(f'[redis]\ntls_ca_file = "{self.tls.ca}"\n')
         psd = yield started_psd(self, self.server, "--config", settings)
-        yield wait_for(psd.store.connected, "psd to connect")
+        yield poll_until(psd.store.connected, "psd to connect")
         status, body, _ = yield psd.post("/v1/points", {"uid": 3, "atid": 1, "metric": "points", "value": 4, "ts": TS})
         self.assertEqual(status, 200, body)
         status, body, _ = yield psd.post("/v1/sum", {"uids": [3], "metrics": ["points"], "from": TS, "to": TS})
@@ -186,7 +177,7 @@ class ACLTests(TestCase):
         store = RedisStore(RedisAddress(f"redis://psd:wrong-{SECRET}@127.0.0.1:{self.server.port}/0"))
         store.start()
         self.addCleanup(store.stop)
-        yield wait_for(lambda: self.errors, "the refusal to be logged")
+        yield poll_until(lambda: self.errors, "the refusal to be logged")
         self.assertFalse(store.connected())
         self.assertEqual(len(self.errors), 1, self.errors)
         self.assertIn("Redis refused the credentials of user 'psd': WRONGPASS", self.errors[0])

@@ -11,15 +11,7 @@ from twisted.trial.unittest import TestCase
 from psd.store import RedisAddress, RedisStore
 from psd.tap import StoreService
 from tests.redisfixture import RedisServer, free_port
-
-
-@defer.inlineCallbacks
-def poll_until(condition, what: str, timeout: float = 20.0):
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield task.deferLater(reactor, 0.05, lambda: None)
+from tests.waiting import poll_until
 
 
 class StoreServiceLogTests(TestCase):
