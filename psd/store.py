@@ -247,6 +247,10 @@ class RedisStore:
         self._pools: dict = {}
         self._last_refusal = None
 
+    @property
+    def started(self) -> bool:
+        return bool(self._pools)
+
     def start(self) -> None:
         self._pools = {"write": self._connect("write"), "read": self._connect("read")}
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
 import sys
+
+from typing import Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
@@ -213,9 +216,12 @@ class StoreService(Service):
     name = "store"
 
     def __init__(self, reactor, store: RedisStore, retry_every: float = 0.2, warn_after: float = 2.0,
-                 watch_every: float = 1.0):
+                 watch_every: float = 1.0, listening: Callable[[], bool] = lambda: True):
         self._reactor = reactor
         self.store = store
+        #: true once the server can take connections: the embedded store's socket exists (connecting
+        #: earlier only fails and makes txredisapi log a retry line per connection)
+        self._listening = listening
         self._retry_every = retry_every
         self._warn_after = warn_after
         self._watch_every = watch_every
@@ -225,7 +231,6 @@ class StoreService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.store.start()
         self._since = self._reactor.seconds()
         self._loop = task.LoopingCall(self._try_load)
         self._loop.clock = self._reactor
@@ -233,6 +238,10 @@ class StoreService(Service):
 
     @defer.inlineCallbacks
     def _try_load(self):
+        if not self.store.started:
+            if not self._listening():
+                return
+            self.store.start()
         try:
             yield self.store.ping()
             yield self.store.load_scripts()
@@ -384,7 +393,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     frozen.setName("gc")
     frozen.setServiceParent(root)
 
-    redis_url = settings.redis["url"]
+    redis_url, listening = settings.redis["url"], lambda: True
     if redis_url == "embedded" and options["inherited-fd"] is not None:
         # a --workers process: the first process runs the embedded store, the workers share it
         redis_url = "unix://" + embedded_socket_path(settings.embedded["data_dir"])
@@ -392,9 +401,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
         embedded = EmbeddedRedis(reactor, settings.embedded["data_dir"], settings.embedded["binary"])
         embedded.setServiceParent(root)
         redis_url = embedded.url
+        listening = functools.partial(os.path.exists, embedded.socket_path)
     address = RedisAddress(redis_url) if redis_url != settings.redis["url"] else redis_address(settings.redis, redis_url)
     store = RedisStore(address, reply_timeout=settings.redis["reply_timeout"])
-    StoreService(reactor, store).setServiceParent(root)
+    StoreService(reactor, store, listening=listening).setServiceParent(root)
 
     layout = Layout(settings.redis["prefix"], settings.redis["count_prefix"])
     w = settings.writer

@@ -187,3 +187,22 @@ class MakeServiceTests(SynchronousTestCase):
 
         names = [p.tapname for p in getPlugins(IServiceMaker, twisted.plugins) if IPlugin.providedBy(p)]
         self.assertIn("psd", names)
+
+
+class StoreServiceStartTests(SynchronousTestCase):
+    def test_the_store_connects_once_its_server_listens(self):
+        """Connecting before the embedded server's socket exists only fails and logs retry lines."""
+        from psd.store import RedisAddress, RedisStore
+        from psd.tap import StoreService
+
+        listening = []
+        store = RedisStore(RedisAddress("unix:///nonexistent/redis.sock"))
+        clock = Clock()
+        service = StoreService(clock, store, listening=lambda: bool(listening))
+        service.startService()
+        clock.advance(1)
+        self.assertFalse(store.started)
+        listening.append(True)
+        clock.advance(0.2)
+        self.assertTrue(store.started)
+        self.successResultOf(service.stopService())
