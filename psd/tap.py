@@ -228,6 +228,7 @@ class StoreService(Service):
         self._loop = None
         self._since = None
         self._reachable = True
+        self._load_error = None
 
     def startService(self) -> None:
         super().startService()
@@ -244,10 +245,17 @@ class StoreService(Service):
             self.store.start()
         try:
             yield self.store.ping()
-            yield self.store.load_scripts()
         except Exception:  # not up yet, or went away again: the next tick retries
             if self._reachable and self._reactor.seconds() - self._since >= self._warn_after:
                 yield self._went_away(at_start=True)
+            return
+        try:
+            yield self.store.load_scripts()
+        except Exception as e:  # Redis answers but refuses the scripts (ACL, a wrong server): say why, once
+            if str(e) != self._load_error:
+                self._load_error = str(e)
+                self.log.error("Redis at {url} answers, but loading psd's scripts failed: {error}; retrying",
+                               url=self.store.address.url, error=e)
             return
         self.log.info("store ready at {url}", url=self.store.address.url)
         self.log.info("scripts loaded: {scripts}",

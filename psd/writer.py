@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from psd.coalesce import Batch, TotalsHistory
@@ -208,9 +209,9 @@ class Writer:
             except StoreUnavailable as e:
                 self._answer(batch, waiters, failure=e)
                 return e
-            except Exception as e:  # a bug of ours: fail the units, never hang them
+            except Exception:  # a bug of ours: fail the units, never hang them
                 self.log.failure("write failed unexpectedly")
-                self._answer(batch, waiters, failure=StoreUnavailable(f"internal error: {e}"))
+                self._answer(batch, waiters, failure=Failure())  # HTTP: a 500; NSQ: a dead letter
                 return None
             if int(reply[0]) == 0:
                 break

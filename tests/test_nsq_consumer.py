@@ -209,10 +209,11 @@ class ProcessingTests(ConsumerTestCase):
         self.writer.submitted[0][1].errback(RejectedByStore("increment would overflow"))
         self.assertIn("increment would overflow", self.dead_letter()["reason"])
 
-    def test_unexpected_write_error_requeues(self):
+    def test_an_internal_error_is_dead_lettered_not_retried(self):
+        """A bug of ours would fail every redelivery alike: no requeue, no backoff of the other messages."""
         self.peer.message(b"0a1b2c3d4e5f6789", attempts=3)
         self.writer.submitted[0][1].errback(ZeroDivisionError())
-        self.assertEqual(self.peer.sent(), b"REQ 0a1b2c3d4e5f6789 4000\n")
+        self.assertEqual(self.dead_letter()["reason"], "internal error")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 

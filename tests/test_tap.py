@@ -7,6 +7,7 @@ import io
 import os
 from contextlib import redirect_stdout
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -205,4 +206,36 @@ class StoreServiceStartTests(SynchronousTestCase):
         listening.append(True)
         clock.advance(0.2)
         self.assertTrue(store.started)
+        self.successResultOf(service.stopService())
+
+    def test_scripts_that_fail_to_load_are_said_once_with_the_reason(self):
+        from twisted.logger import globalLogPublisher
+
+        from psd.tap import StoreService
+
+        class RefusingStore:
+            started = True
+            address = type("Address", (), {"url": "redis://127.0.0.1:6379/0"})()
+
+            def ping(self):
+                return defer.succeed("PONG")
+
+            def load_scripts(self):
+                return defer.fail(RuntimeError("NOPERM this user has no permissions to run the 'script' command"))
+
+            def stop(self):
+                return defer.succeed(None)
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        service = StoreService(clock, RefusingStore())
+        service.startService()
+        for _ in range(20):
+            clock.advance(0.2)
+        errors = [e for e in events if e.get("log_level") is not None and e["log_level"].name == "error"
+                  and "scripts failed" in e.get("log_format", "")]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("NOPERM", str(errors[0]["error"]))
         self.successResultOf(service.stopService())

@@ -94,6 +94,15 @@ class WriterTests(SynchronousTestCase):
         self.store.calls[1][2].callback([0])
         self.assertEqual(self.successResultOf(second), UnitResult(1, 0))
 
+    def test_a_bug_of_ours_fails_its_units_as_itself_not_as_an_outage(self):
+        """An internal error is a 500 over HTTP and a dead letter for NSQ, not a 503 and a requeue."""
+        d = self.writer.submit(unit(1))
+        self.clock.advance(0.005)
+        self.store.calls[0][2].errback(ZeroDivisionError("a bug"))
+        self.failureResultOf(d, ZeroDivisionError)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.writer.pending(), 0)
+
     def test_queue_bound(self):
         accepted = [self.writer.submit(unit()) for _ in range(25)]
         self.failureResultOf(self.writer.submit(unit()), Overloaded)

@@ -404,14 +404,14 @@ class NSQConsumer(Service):
     def _write_failed(self, failure: Failure, connection: NSQProtocol, message: framing.Message):
         if failure.check(RejectedByStore):
             return self._dead_letter(connection, message, f"rejected by the store: {failure.getErrorMessage()}")
+        if not failure.check(StoreUnavailable):  # a bug of ours: redelivering would fail the same way
+            self.log.failure("nsqd {address}: writing message {id} failed: internal error; dead-lettered",
+                             failure, address=connection.address, id=message.id)
+            return self._dead_letter(connection, message, "internal error")
         delay = min(self._backoff_initial * 2 ** (message.attempts - 1), self._requeue_delay_max)
-        if failure.check(StoreUnavailable):
-            self.log.warn("nsqd {address}: message {id} requeued in {delay}s: {error}",
-                          address=connection.address, id=message.id, delay=delay, error=failure.getErrorMessage())
-            self._store_failed()
-        else:
-            self.log.failure("nsqd {address}: writing message {id} failed; requeued in {delay}s",
-                             failure, address=connection.address, id=message.id, delay=delay)
+        self.log.warn("nsqd {address}: message {id} requeued in {delay}s: {error}",
+                      address=connection.address, id=message.id, delay=delay, error=failure.getErrorMessage())
+        self._store_failed()
         connection.requeue(message.id, delay)
         return None
 
