@@ -71,13 +71,21 @@ class Batch:
         #: units left out whole: their Idempotency-Key came earlier in this batch with other content
         self.conflicts: set = set()
 
-    def add(self, unit: WriteUnit, seen: frozenset = frozenset()) -> None:
-        """Merge a unit, leaving out the parts whose key is in ``seen`` (Redis reported it applied)."""
+    def add(self, unit: WriteUnit, seen: Optional[dict] = None) -> None:
+        """Merge a unit, leaving out the parts whose key is in ``seen`` (Redis reported it applied).
+
+        ``seen`` maps each such key to the content digest it was applied with; a
+        part with that key and other content is a conflict, not a duplicate.
+        """
+        seen = seen or {}
         unit_index = len(self.units)
         self.units.append(unit)
         digests = self._digests
         for part in unit.parts:
-            if part.digest is not None and digests.get(part.dedupe_key, part.digest) != part.digest:
+            if part.digest is None:
+                continue
+            known = digests.get(part.dedupe_key, seen.get(part.dedupe_key, part.digest))
+            if known is not None and known != part.digest:
                 self.conflicts.add(unit_index)
                 return
         seconds, minutes, hours = self._seconds, self._minutes, self._hours

@@ -194,7 +194,7 @@ class Writer:
         whose Idempotency-Key Redis holds for other content fails alone.
         Fires with the StoreUnavailable error if the store failed the call, else None.
         """
-        seen: set = set()
+        seen: dict = {}  # idempotency key Redis reported applied -> the content digest it was applied with
         while True:
             keys, args = batch.script_args()
             self.calls += 1
@@ -219,13 +219,14 @@ class Writer:
             for position in map(int, reply[1:]):
                 unit_index, part_index = batch.keyed_parts[abs(position) - 1]
                 if position > 0:
-                    seen.add(batch.units[unit_index].parts[part_index].dedupe_key)
+                    part = batch.units[unit_index].parts[part_index]
+                    seen[part.dedupe_key] = part.digest
                 else:
                     conflicting.add(unit_index)
-            batch, waiters = self._remerge(batch, waiters, frozenset(seen), conflicting)
+            batch, waiters = self._remerge(batch, waiters, seen, conflicting)
         self._answer(batch, waiters)
 
-    def _remerge(self, batch: Batch, waiters: list, seen: frozenset, conflicting: set) -> tuple:
+    def _remerge(self, batch: Batch, waiters: list, seen: dict, conflicting: set) -> tuple:
         """The batch again without the parts in ``seen``; the ``conflicting`` units are failed now."""
         again, kept = self._new_batch(), []
         for index, (unit, d) in enumerate(zip(batch.units, waiters)):

@@ -210,3 +210,18 @@ class WriterRemergeTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in (first, same)], [UnitResult(1, 0), UnitResult(0, 1)])
         self.failureResultOf(other, IdempotencyConflict)
         self.assertEqual(self.writer.pending(), 0)
+
+    def test_a_conflict_inside_a_batch_that_redis_answers_seen(self):
+        """The key was applied by an earlier call: the same content is a duplicate, other content still a 422.
+
+        The bug: the re-merge without the seen key counted the other content as a duplicate too.
+        """
+        same, other = (self.writer.submit(keyed_unit("h:a", value, digest)) for value, digest in ((1, "d1"), (2, "d2")))
+        keys, args, reply = self.flush()
+        self.assertEqual(keys, ["hz:id:h:a"])
+        reply.callback([1, 1])  # an earlier call applied h:a with this batch's first digest
+        keys, args, reply = self.store.calls[-1]
+        reply.callback([0])
+        self.assertEqual(self.successResultOf(same), UnitResult(0, 1))
+        self.failureResultOf(other, IdempotencyConflict)
+        self.assertEqual(self.writer.pending(), 0)
