@@ -187,6 +187,15 @@ def read_setting_file(section: str, setting: str, path: str) -> bytes:
         raise SettingsError(f"settings: [{section}] {setting} {path!r}: cannot read it: {e.strerror}") from None
 
 
+def read_secret_file(section: str, setting: str, path: str) -> str:
+    """The first line of the file a secret setting names (the secret stays out of the config); not empty."""
+    lines = read_setting_file(section, setting, path).decode("utf-8", "replace").splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not secret:
+        raise SettingsError(f"settings: [{section}] {setting} is empty")
+    return secret
+
+
 def example_path() -> Path:
     """``conf/settings.toml.dist``: installed as the package ``psd.conf``, in a checkout beside ``psd/``."""
     installed = Path(__file__).parent / "conf" / "settings.toml.dist"

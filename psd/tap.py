@@ -166,24 +166,12 @@ def _write_token(http: dict) -> str:
         raise config.SettingsError("settings: [http] token and token_file exclude each other")
     if not http["token_file"]:
         return http["token"]
-    return _secret_file("http", "token_file", http["token_file"])
-
-
-def _secret_file(section: str, name: str, path: str) -> str:
-    """The first line of the file that a secret setting names (the secret stays out of the config)."""
-    try:
-        with open(path) as f:
-            secret = f.readline().strip()
-    except OSError as e:
-        raise config.SettingsError(f"settings: [{section}] {name}: cannot read it: {e.strerror}") from None
-    if not secret:
-        raise config.SettingsError(f"settings: [{section}] {name} is empty")
-    return secret
+    return config.read_secret_file("http", "token_file", http["token_file"])
 
 
 def redis_address(redis: dict, url: str) -> RedisAddress:
     """``url`` with the [redis] credentials and TLS settings (files read now: errors stop startup)."""
-    password = _secret_file("redis", "password_file", redis["password_file"]) if redis["password_file"] else None
+    password = config.read_secret_file("redis", "password_file", redis["password_file"]) if redis["password_file"] else None
     try:
         return RedisAddress(url, password, tls_ca_file=redis["tls_ca_file"], tls_cert_file=redis["tls_cert_file"],
                             tls_key_file=redis["tls_key_file"], tls_server_name=redis["tls_server_name"])

@@ -71,7 +71,7 @@ class RedisAddressTests(SynchronousTestCase):
         address = redis_address(redis_settings(password_file=path), "redis://alice@127.0.0.1:6379/0")
         self.assertEqual((address.username, address.password), ("alice", SECRET))
         for settings, url, fragment in (
-                (redis_settings(password_file=path + ".missing"), "redis://h/0", "[redis] password_file: cannot read"),
+                (redis_settings(password_file=path + ".missing"), "redis://h/0", f"[redis] password_file {path + '.missing'!r}: cannot read"),
                 (redis_settings(), "redis://alice@h/0", "user 'alice' needs a password"),
                 (redis_settings(tls_ca_file=path), "redis://h/0", "tls_* settings need a rediss:// url"),
                 (redis_settings(tls_ca_file=path + ".missing"), "rediss://h/0", "tls_ca_file"),

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
-from psd.config import read_setting_file
+from psd.config import read_secret_file, read_setting_file
 
 
 class ClientTLS:
@@ -85,11 +85,7 @@ def auth_secret(nsq: dict) -> Optional[bytes]:
     if nsq["auth_secret"] and nsq["auth_secret_file"]:
         raise ValueError("settings: [nsq] auth_secret and auth_secret_file exclude each other")
     if nsq["auth_secret_file"]:
-        lines = read_setting_file("nsq", "auth_secret_file", nsq["auth_secret_file"]).splitlines()
-        secret = lines[0].strip() if lines else b""
-        if not secret:
-            raise ValueError("settings: [nsq] auth_secret_file is empty")
-        return secret
+        return read_secret_file("nsq", "auth_secret_file", nsq["auth_secret_file"]).encode("utf-8")
     return nsq["auth_secret"].encode("utf-8") or None
 
 
